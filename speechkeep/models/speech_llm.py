@@ -1,0 +1,320 @@
+"""The encoder-adaptor speech LLM: frozen Whisper encoder -> adaptor -> any Hugging Face causal LM.
+
+Queries may be text or speech, mixed in one batch. A spoken query's adaptor outputs are spliced
+into the user turn of the LLM's own chat template (see :mod:`speechkeep.models.chat`). Labels are
+-100 everywhere except the response tokens and the end-of-turn token. The LM head is applied only
+at positions whose next token is a label (the loss never builds full-vocabulary logits for prompt
+or speech positions).
+
+Invariant (tested): a text-only query gives exactly the base LLM's logits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from speechkeep.config import config_from_dict, config_to_dict
+from speechkeep.errors import SpeechkeepError
+from speechkeep.io import atomic_path
+from speechkeep.models.adaptor import AdaptorConfig, FrameStackAdaptor
+from speechkeep.models.chat import ChatFormat
+
+IGNORE_INDEX = -100
+CONFIG_NAME = "speechkeep.json"
+ADAPTOR_NAME = "adaptor.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SpeechLLMConfig:
+    """What a SpeechLLM is made of."""
+
+    llm: str = "bundled:smollm2-135m"
+    """Text LLM spec: 'bundled:smollm2-135m', 'bundled:gemma3-270m', a .gguf path, a HF directory or id."""
+    speech_encoder: str = "bundled:whisper-tiny.en"
+    """Speech encoder spec: 'bundled:whisper-tiny.en', a CTranslate2 or HF Whisper directory, or a HF id."""
+    adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
+    """Frame-stacking MLP adaptor shape."""
+    encode_mode: Literal["padded", "variable"] = "padded"
+    """Whisper encoding: 'padded' to the 30-s window (Whisper's own) or 'variable' (real frames only, faster)."""
+    system_prompt: str | None = None
+    """System prompt for every query; None keeps the chat template's default."""
+
+
+@dataclass
+class Query:
+    """One item: a text or spoken question, with an optional target response."""
+
+    text: str | None = None
+    """The question as text (used when no speech is given)."""
+    audio: np.ndarray | None = None
+    """16-kHz mono waveform of the spoken question (encoded on the fly)."""
+    speech_features: torch.Tensor | None = None
+    """Pre-computed encoder frames (T, d_encoder), e.g. from the feature cache."""
+    response: str | None = None
+    """Target response (training, perplexity); None for generation."""
+
+    @property
+    def is_speech(self) -> bool:
+        return self.audio is not None or self.speech_features is not None
+
+
+@dataclass
+class Batch:
+    """Model-ready tensors for a list of queries."""
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None
+    num_speech_tokens: list[int]
+
+
+class SpeechLLM(nn.Module):
+    """Frozen speech encoder -> trainable adaptor -> causal LM."""
+
+    def __init__(self, llm: nn.Module, tokenizer, encoder: nn.Module, adaptor: FrameStackAdaptor, config: SpeechLLMConfig):
+        super().__init__()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.adaptor = adaptor
+        self.config = config
+        self.chat = ChatFormat(tokenizer, config.system_prompt)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, config: SpeechLLMConfig | None = None, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32, seed: int | None = 0) -> "SpeechLLM":
+        """Load the LLM and encoder from their specs and create a fresh adaptor."""
+        from speechkeep.models.llm import load_llm
+        from speechkeep.models.speech_encoder import load_speech_encoder
+
+        config = config or SpeechLLMConfig()
+        loaded = load_llm(config.llm, dtype=dtype, device=device)
+        encoder = load_speech_encoder(config.speech_encoder, device=device)
+        return cls.from_parts(loaded.model, loaded.tokenizer, encoder, config, seed=seed)
+
+    @classmethod
+    def from_parts(cls, llm: nn.Module, tokenizer, encoder: nn.Module, config: SpeechLLMConfig,
+                   seed: int | None = 0) -> "SpeechLLM":
+        """Assemble from already-loaded parts (a new adaptor, seeded for reproducibility)."""
+        d_llm = llm.get_input_embeddings().weight.shape[1]
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                adaptor = FrameStackAdaptor(encoder.d_model, d_llm, config.adaptor)
+        else:
+            adaptor = FrameStackAdaptor(encoder.d_model, d_llm, config.adaptor)
+        emb = llm.get_input_embeddings().weight
+        adaptor.to(device=emb.device, dtype=emb.dtype)
+        return cls(llm, tokenizer, encoder, adaptor, config)
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    def _decoder(self) -> nn.Module:
+        """The LLM body without its head (works through peft wrappers)."""
+        return self.llm.get_decoder()
+
+    def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.llm.get_output_embeddings()(hidden)
+        cap = getattr(self.llm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def encode_speech(self, queries: Sequence[Query]) -> list[torch.Tensor | None]:
+        """Encoder frames for every spoken query (cached features used as is)."""
+        frames: list[torch.Tensor | None] = [q.speech_features for q in queries]
+        todo = [i for i, q in enumerate(queries) if q.speech_features is None and q.audio is not None]
+        if todo:
+            enc = self.encoder.encode([queries[i].audio for i in todo], mode=self.config.encode_mode)
+            for i, f in zip(todo, enc):
+                frames[i] = f
+        return frames
+
+    # ------------------------------------------------------------------ batching
+    def prepare(self, queries: Sequence[Query], padding_side: Literal["left", "right"] = "right") -> Batch:
+        """Token ids + speech embeddings -> padded ``inputs_embeds``, masks, positions and labels."""
+        if not queries:
+            raise SpeechkeepError("empty batch")
+        frames = self.encode_speech(queries)
+        speech_idx = [i for i, f in enumerate(frames) if f is not None]
+        speech_embeds = dict(zip(speech_idx, self.adaptor([frames[i].to(self.device) for i in speech_idx])))
+
+        segments: list[list] = []  # per query: [ids | tensor] pieces
+        label_masks: list[list[bool]] = []
+        for i, q in enumerate(queries):
+            if i in speech_embeds:
+                before, after = self.chat.speech_prompt_ids
+                pieces = [before, speech_embeds[i], after]
+            else:
+                if q.text is None:
+                    raise SpeechkeepError(f"query {i} has neither text nor speech")
+                pieces = [self.chat.text_prompt_ids(q.text)]
+            n_prompt = sum(len(p) for p in pieces)
+            labels = [False] * n_prompt
+            if q.response is not None:
+                resp = self.chat.response_ids(q.response)
+                pieces.append(resp)
+                labels += [True] * len(resp)
+            segments.append(pieces)
+            label_masks.append(labels)
+
+        # One embedding lookup for every text token in the batch.
+        all_ids = [t for pieces in segments for p in pieces if isinstance(p, list) for t in p]
+        emb_layer = self.llm.get_input_embeddings()
+        token_embeds = emb_layer(torch.tensor(all_ids, dtype=torch.long, device=self.device)) if all_ids else None
+        seqs, ids_seqs, off = [], [], 0
+        for pieces in segments:
+            parts, ids_parts = [], []
+            for p in pieces:
+                if isinstance(p, list):
+                    parts.append(token_embeds[off: off + len(p)])
+                    ids_parts.append(torch.tensor(p, dtype=torch.long))
+                    off += len(p)
+                else:
+                    parts.append(p.to(token_embeds.dtype if token_embeds is not None else p.dtype))
+                    ids_parts.append(torch.full((p.shape[0],), IGNORE_INDEX, dtype=torch.long))
+            seqs.append(torch.cat(parts, 0))
+            ids_seqs.append(torch.cat(ids_parts, 0))
+
+        bsz, max_len = len(seqs), max(s.shape[0] for s in seqs)
+        d = seqs[0].shape[1]
+        embeds = seqs[0].new_zeros(bsz, max_len, d)
+        attn = torch.zeros(bsz, max_len, dtype=torch.long, device=self.device)
+        pos = torch.zeros(bsz, max_len, dtype=torch.long, device=self.device)
+        has_labels = any(q.response is not None for q in queries)
+        labels = torch.full((bsz, max_len), IGNORE_INDEX, dtype=torch.long, device=self.device) if has_labels else None
+        for b, (s, ids, lm) in enumerate(zip(seqs, ids_seqs, label_masks)):
+            n = s.shape[0]
+            sl = slice(max_len - n, max_len) if padding_side == "left" else slice(0, n)
+            embeds[b, sl] = s
+            attn[b, sl] = 1
+            pos[b, sl] = torch.arange(n, device=self.device)
+            if labels is not None:
+                lab = ids.to(self.device).clone()
+                lab[~torch.tensor(lm, dtype=torch.bool, device=self.device)] = IGNORE_INDEX
+                labels[b, sl] = lab
+        n_speech = [speech_embeds[i].shape[0] if i in speech_embeds else 0 for i in range(bsz)]
+        return Batch(embeds, attn, pos, labels, n_speech)
+
+    # ------------------------------------------------------------------ forward
+    def hidden_states(self, batch: Batch) -> torch.Tensor:
+        out = self._decoder()(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Full-vocabulary logits at every position (for tests and analysis; training uses :meth:`loss`)."""
+        return self._lm_head(self.hidden_states(batch))
+
+    def loss(self, batch: Batch, reduction: Literal["mean", "sum"] = "mean") -> tuple[torch.Tensor, int]:
+        """Token-weighted cross-entropy over response tokens; returns (loss, number of target tokens).
+
+        The LM head runs only on the positions that predict a label."""
+        if batch.labels is None:
+            raise SpeechkeepError("loss() needs queries with a response")
+        hidden = self.hidden_states(batch)
+        targets = batch.labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        n = int(keep.sum())
+        if n == 0:
+            raise SpeechkeepError("every label is masked: no response tokens to train on")
+        logits = self._lm_head(hidden[:, :-1][keep]).float()
+        total = nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+        return (total / n if reduction == "mean" else total), n
+
+    def forward(self, queries: Sequence[Query]) -> torch.Tensor:
+        """Mean response-token loss of a list of queries with responses."""
+        return self.loss(self.prepare(queries))[0]
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, queries: Sequence[Query], max_new_tokens: int = 48, **gen_kwargs) -> list[str]:
+        """Greedy answers (by default) to text or spoken questions, batched with left padding."""
+        queries = [Query(text=q.text, audio=q.audio, speech_features=q.speech_features) for q in queries]
+        batch = self.prepare(queries, padding_side="left")
+        kwargs = dict(do_sample=False, max_new_tokens=max_new_tokens,
+                      eos_token_id=self.chat.stop_ids,
+                      pad_token_id=self.tokenizer.pad_token_id or self.chat.stop_ids[0])
+        kwargs.update(gen_kwargs)
+        if not kwargs.get("do_sample"):
+            kwargs.setdefault("temperature", None)
+            kwargs.setdefault("top_p", None)
+            kwargs.setdefault("top_k", None)
+        out = self.llm.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **kwargs)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    # ------------------------------------------------------------------ save / load
+    def is_peft(self) -> bool:
+        return hasattr(self.llm, "peft_config")
+
+    def llm_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.llm.parameters())
+
+    def save_pretrained(self, path: str | Path, save_llm: bool | None = None) -> Path:
+        """Write config, adaptor weights and the LLM (full weights, or peft adapter files) atomically.
+
+        ``save_llm=None`` saves the LLM only if it has trainable parameters; otherwise the config
+        refers to the LLM by its spec (the frozen base is not copied)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if save_llm is None:
+            save_llm = self.llm_trainable()
+        llm_format = "peft" if self.is_peft() else ("full" if save_llm else "reference")
+        meta = {"format_version": FORMAT_VERSION, "llm_format": llm_format, "config": config_to_dict(self.config)}
+        with atomic_path(path) as tmp:
+            tmp.mkdir(parents=True)
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.adaptor.state_dict().items()},
+                      str(tmp / ADAPTOR_NAME))
+            if llm_format == "peft":
+                self.llm.save_pretrained(tmp / "llm_adapter")
+            elif llm_format == "full":
+                self.llm.save_pretrained(tmp / "llm")
+                self.tokenizer.save_pretrained(tmp / "llm")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "SpeechLLM":
+        """Load what :meth:`save_pretrained` wrote."""
+        from safetensors.torch import load_file
+
+        from speechkeep.models.llm import load_llm
+        from speechkeep.models.speech_encoder import load_speech_encoder
+
+        path = Path(path)
+        if not (path / CONFIG_NAME).exists():
+            raise SpeechkeepError(f"{path} is not a speechkeep model directory (no {CONFIG_NAME})")
+        meta = json.loads((path / CONFIG_NAME).read_text())
+        config = config_from_dict(SpeechLLMConfig, meta["config"])
+        llm_spec = str(path / "llm") if meta["llm_format"] == "full" else config.llm
+        loaded = load_llm(llm_spec, dtype=dtype, device=device)
+        llm = loaded.model
+        if meta["llm_format"] == "peft":
+            from peft import PeftModel
+
+            llm = PeftModel.from_pretrained(llm, str(path / "llm_adapter"))
+            llm.eval()
+        encoder = load_speech_encoder(config.speech_encoder, device=device)
+        model = cls.from_parts(llm, loaded.tokenizer, encoder, config, seed=None)
+        model.adaptor.load_state_dict(load_file(str(path / ADAPTOR_NAME)))
+        model.adaptor.to(device=model.device, dtype=dtype)
+        return model
