@@ -105,7 +105,11 @@ class SpeechLLM(nn.Module):
     @classmethod
     def from_parts(cls, llm: nn.Module, tokenizer, encoder: nn.Module, config: SpeechLLMConfig,
                    seed: int | None = 0) -> "SpeechLLM":
-        """Assemble from already-loaded parts (a new adaptor, seeded for reproducibility)."""
+        """Assemble from already-loaded parts (a new adaptor, seeded for reproducibility).
+
+        The LLM starts frozen; a training strategy decides what to unfreeze."""
+        for p in llm.parameters():
+            p.requires_grad_(False)
         d_llm = llm.get_input_embeddings().weight.shape[1]
         if seed is not None:
             with torch.random.fork_rng(devices=[]):

@@ -1,0 +1,5 @@
+import sys
+
+from speechkeep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""The ``speechkeep`` command line.
+
+Every command has ``--help``. Commands that take a config accept an optional YAML file followed by
+dotted ``key=value`` overrides; their ``--help`` lists every key with its type, default and meaning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from speechkeep.errors import SpeechkeepError
+
+
+def _config_epilog(cls) -> str:
+    from speechkeep.config import format_config_help
+
+    return "config keys (set in the YAML file or as key=value):\n" + format_config_help(cls)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML config file (optional; a key=value here is taken as an override)")
+    p.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. adaptor.stack_frames=8")
+
+
+def _split_config_args(args) -> tuple[str | None, list[str]]:
+    cfg, ov = args.config, list(args.overrides)
+    if cfg is not None and "=" in cfg and not Path(cfg).exists():
+        ov.insert(0, cfg)
+        cfg = None
+    return cfg, ov
+
+
+# ---------------------------------------------------------------- models
+def cmd_models(args) -> None:
+    from speechkeep.models import bundled
+
+    print("Bundled text LLMs (spec: bundled:NAME):")
+    for m in bundled.BUNDLED_LLMS.values():
+        print(f"  bundled:{m.name:16s} {m.description}  [pip: {m.pip_package}]")
+    print("Bundled speech encoders:")
+    for m in bundled.BUNDLED_ENCODERS.values():
+        print(f"  bundled:{m.name:16s} {m.description}  [pip: {m.pip_package}]")
+    print("Other LLM specs: a .gguf file, a Hugging Face model directory, or a hub id 'org/name'.")
+    print("Other encoder specs: a CTranslate2 Whisper directory (model.bin), a HF Whisper directory or id.")
+    if args.prepare:
+        import time
+
+        from speechkeep.models.llm import resolve_llm_dir
+        from speechkeep.models.speech_encoder import resolve_encoder_dir
+
+        for spec in args.prepare:
+            t = time.perf_counter()
+            where = resolve_encoder_dir(spec) if "whisper" in spec else resolve_llm_dir(spec)
+            print(f"prepared {spec} -> {where} ({time.perf_counter() - t:.1f} s)")
+
+
+# ---------------------------------------------------------------- build / ask
+def cmd_build(args) -> None:
+    from speechkeep.config import load_config
+    from speechkeep.models.speech_llm import SpeechLLM, SpeechLLMConfig
+
+    cfg_path, ov = _split_config_args(args)
+    cfg = load_config(SpeechLLMConfig, cfg_path, ov)
+    model = SpeechLLM.build(cfg, seed=args.seed)
+    n_adaptor = sum(p.numel() for p in model.adaptor.parameters())
+    n_llm = sum(p.numel() for p in model.llm.parameters())
+    n_enc = sum(p.numel() for p in model.encoder.parameters())
+    print(f"SpeechLLM: encoder {cfg.speech_encoder} ({n_enc / 1e6:.1f} M, frozen) -> adaptor "
+          f"k={cfg.adaptor.stack_frames} ({n_adaptor / 1e6:.2f} M) -> LLM {cfg.llm} ({n_llm / 1e6:.1f} M)")
+    if args.out:
+        model.save_pretrained(args.out)
+        print(f"saved to {args.out}")
+
+
+def load_model_any(spec: str):
+    """A saved SpeechLLM directory, or a config YAML / LLM spec to build a fresh one."""
+    from speechkeep.config import load_config
+    from speechkeep.models.speech_llm import CONFIG_NAME, SpeechLLM, SpeechLLMConfig
+
+    p = Path(spec)
+    if p.is_dir() and (p / CONFIG_NAME).exists():
+        return SpeechLLM.from_pretrained(p)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return SpeechLLM.build(load_config(SpeechLLMConfig, p))
+    return SpeechLLM.build(SpeechLLMConfig(llm=spec))
+
+
+def cmd_ask(args) -> None:
+    from speechkeep.audio import load_audio
+    from speechkeep.models.speech_llm import Query
+
+    if not args.text and not args.audio:
+        raise SpeechkeepError("give --text and/or --audio")
+    audios = [load_audio(a) for a in args.audio or []]  # fail on bad audio before loading models
+    model = load_model_any(args.model)
+    queries = [Query(text=t) for t in args.text or []] + [Query(audio=a) for a in audios]
+    answers = model.generate(queries, max_new_tokens=args.max_new_tokens)
+    labels = [f"text: {t}" for t in args.text or []] + [f"audio: {a}" for a in args.audio or []]
+    for label, ans in zip(labels, answers):
+        print(f"[{label}]\n{ans}\n")
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from speechkeep import __version__
+    from speechkeep.models.speech_llm import SpeechLLMConfig
+
+    parser = argparse.ArgumentParser(
+        prog="speechkeep",
+        description="Turn a pretrained text LLM into a speech LLM without losing what it knew.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"speechkeep {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level and show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list bundled models and accepted model specs; optionally prepare caches",
+                       description="List bundled models and the accepted spec forms.")
+    p.add_argument("--prepare", nargs="*", metavar="SPEC",
+                   help="convert/de-quantize these specs into the cache now (e.g. bundled:smollm2-135m)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("build", help="build a SpeechLLM (frozen encoder -> new adaptor -> LLM) and save it",
+                       description="Build a SpeechLLM from a config and save it.",
+                       epilog=_config_epilog(SpeechLLMConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p)
+    p.add_argument("--out", help="directory to save the model to (config + adaptor weights)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the adaptor's initialization (default 0)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("ask", help="answer text and/or spoken questions with a SpeechLLM",
+                       description="Answer questions with a saved SpeechLLM, a config, or a plain LLM spec.")
+    p.add_argument("--model", default="bundled:smollm2-135m",
+                   help="a saved SpeechLLM directory, a config YAML, or an LLM spec (default bundled:smollm2-135m)")
+    p.add_argument("--text", action="append", help="a text question (repeatable)")
+    p.add_argument("--audio", action="append", help="an audio file with a spoken question (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit in tokens (default 48)")
+    p.set_defaults(func=cmd_ask)
+
+    try:
+        from speechkeep.data.cli import add_data_parser
+    except ImportError:
+        pass
+    else:
+        add_data_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except SpeechkeepError as e:
+        if args.verbose:
+            raise
+        print(f"speechkeep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("speechkeep: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
