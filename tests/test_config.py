@@ -89,4 +89,4 @@ def test_corpus_wer_is_token_weighted_and_normalized():
 
     assert corpus_wer(["Hello, World!"], ["hello world"]) == 0.0
     # 1 error over 1+4 words, not the mean of per-utterance WERs (0.5)
-    assert corpus_wer(["a", "one two three four"], ["b", "one two three four"]) == pytest.approx(1 / 5)
+    assert corpus_wer(["cat", "red green blue sky"], ["dog", "red green blue sky"]) == pytest.approx(1 / 5)
