@@ -29,7 +29,7 @@ def test_text_rows_unchanged_by_speech_rows_in_the_batch(model, tone):
 def test_speech_is_spliced_at_the_placeholder_and_labels_cover_response_and_eot(model, tone):
     q = Query(audio=tone, response="Paris.")
     b = model.prepare([q])
-    before, after = model.chat.speech_prompt_ids
+    before, after = model.chat.speech_prompt_ids()
     n_speech = b.num_speech_tokens[0]
     frames = model.encoder.encode([tone])[0].shape[0]
     assert n_speech == frames // model.config.adaptor.stack_frames

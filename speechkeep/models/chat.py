@@ -20,6 +20,9 @@ class ChatFormat:
     system_prompt: str | None = None
     """None keeps the template's own default system prompt (if it has one)."""
 
+    def __post_init__(self) -> None:
+        self._speech_prompt_cache: dict[str, tuple[list[int], list[int]]] = {}
+
     def messages(self, user_content: str) -> list[dict]:
         msgs = []
         if self.system_prompt is not None:
@@ -40,14 +43,20 @@ class ChatFormat:
     def text_prompt_ids(self, question: str) -> list[int]:
         return self.encode(self.render(question))
 
-    @cached_property
-    def speech_prompt_ids(self) -> tuple[list[int], list[int]]:
-        """Token ids before and after the speech segment in a spoken-query prompt."""
-        text = self.render(SPEECH_PLACEHOLDER)
-        if text.count(SPEECH_PLACEHOLDER) != 1:
-            raise ValueError("the chat template must place the user content exactly once")
-        before, after = text.split(SPEECH_PLACEHOLDER)
-        return self.encode(before), self.encode(after)
+    def speech_prompt_ids(self, instruction: str | None = None) -> tuple[list[int], list[int]]:
+        """Token ids before and after the speech segment in a spoken-query prompt.
+
+        With an ``instruction`` (e.g. "Transcribe the audio."), the user turn is the speech followed
+        by a newline and the instruction."""
+        key = instruction or ""
+        if key not in self._speech_prompt_cache:
+            content = SPEECH_PLACEHOLDER + (f"\n{instruction}" if instruction else "")
+            text = self.render(content)
+            if text.count(SPEECH_PLACEHOLDER) != 1:
+                raise ValueError("the chat template must place the user content exactly once")
+            before, after = text.split(SPEECH_PLACEHOLDER)
+            self._speech_prompt_cache[key] = (self.encode(before), self.encode(after))
+        return self._speech_prompt_cache[key]
 
     @cached_property
     def end_of_turn_id(self) -> int:

@@ -60,6 +60,8 @@ class Query:
     """Pre-computed encoder frames (T, d_encoder), e.g. from the feature cache."""
     response: str | None = None
     """Target response (training, perplexity); None for generation."""
+    instruction: str | None = None
+    """Text placed after the speech in the user turn (e.g. "Transcribe the audio."); spoken queries only."""
 
     @property
     def is_speech(self) -> bool:
@@ -160,7 +162,7 @@ class SpeechLLM(nn.Module):
         label_masks: list[list[bool]] = []
         for i, q in enumerate(queries):
             if i in speech_embeds:
-                before, after = self.chat.speech_prompt_ids
+                before, after = self.chat.speech_prompt_ids(q.instruction)
                 pieces = [before, speech_embeds[i], after]
             else:
                 if q.text is None:
@@ -243,15 +245,20 @@ class SpeechLLM(nn.Module):
         total = nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
         return (total / n if reduction == "mean" else total), n
 
-    def forward(self, queries: Sequence[Query]) -> torch.Tensor:
-        """Mean response-token loss of a list of queries with responses."""
-        return self.loss(self.prepare(queries))[0]
+    def forward(self, queries: Sequence[Query], loss_fn=None):
+        """Training entry point (what DDP/accelerate wrap): ``loss_fn(self, queries)`` if given, else
+        ``(mean response-token loss, number of target tokens, {})``."""
+        if loss_fn is not None:
+            return loss_fn(self, queries)
+        loss, n = self.loss(self.prepare(queries))
+        return loss, n, {}
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, queries: Sequence[Query], max_new_tokens: int = 48, **gen_kwargs) -> list[str]:
         """Greedy answers (by default) to text or spoken questions, batched with left padding."""
-        queries = [Query(text=q.text, audio=q.audio, speech_features=q.speech_features) for q in queries]
+        queries = [Query(text=q.text, audio=q.audio, speech_features=q.speech_features, instruction=q.instruction)
+                   for q in queries]
         batch = self.prepare(queries, padding_side="left")
         kwargs = dict(do_sample=False, max_new_tokens=max_new_tokens,
                       eos_token_id=self.chat.stop_ids,

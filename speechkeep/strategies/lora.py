@@ -1,0 +1,52 @@
+"""``lora``: adaptor + LoRA (peft) on all seven attention/MLP projections (seed 001 Sec. 3.1.2).
+
+peft's default targets for Llama are only q_proj and v_proj; the seed applies LoRA to every
+attention and MLP projection, so all seven are listed. alpha defaults to 2r.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from speechkeep.strategies.base import Strategy, register
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters (strategy=lora)."""
+
+    r: int = 8
+    """Rank (seed: 8 for 1B, 16 for 8B; ablation 8/16/24)."""
+    alpha: float | None = None
+    """Scaling numerator; None means 2r (seed)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
+    """Module names LoRA wraps (default: all seven attention/MLP projections)."""
+    merge_on_export: bool = False
+    """Merge LoRA into the LLM weights before the final save (saves a plain transformers model)."""
+
+
+@register
+class LoRA(Strategy):
+    name = "lora"
+    description = "adaptor + LoRA on q,k,v,o,gate,up,down (alpha = 2r)"
+    llm_changed = True
+
+    def setup(self, model):
+        from peft import LoraConfig, get_peft_model
+
+        s = self.config.lora
+        for p in model.llm.parameters():
+            p.requires_grad_(False)
+        cfg = LoraConfig(r=s.r, lora_alpha=s.alpha if s.alpha is not None else 2 * s.r, lora_dropout=s.dropout,
+                         target_modules=list(s.target_modules), bias="none", task_type="CAUSAL_LM")
+        model.llm = get_peft_model(model.llm, cfg)
+        lora_params = [p for n, p in model.llm.named_parameters() if p.requires_grad]
+        return [self.adaptor_group(model), {"name": "lora", "params": lora_params, "lr": self.config.optim.lr}]
+
+    def export(self, model):
+        if self.config.lora.merge_on_export:
+            model.llm = model.llm.merge_and_unload()

@@ -1,0 +1,1 @@
+"""Training: typed config, training data (tasks, mixtures, length-grouped batches), the loop, checkpoints."""
