@@ -1,0 +1,98 @@
+"""Audio I/O used everywhere: every waveform inside speechkeep is float32 mono at 16 kHz.
+
+Whisper-style encoders see at most a 30 s window; audio longer than that is an error
+(:func:`check_duration`), never silently truncated.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from speechkeep.errors import DataError
+
+TARGET_SR = 16000
+MAX_SECONDS = 30.0
+
+
+def load_audio(path: str | os.PathLike, target_sr: int = TARGET_SR) -> np.ndarray:
+    """Read an audio file as float32 mono at ``target_sr``.
+
+    Multi-channel audio is averaged to mono; any sample rate is resampled with soxr.
+    Raises :class:`DataError` naming the file if it is missing, unreadable/corrupt or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"audio file not found (or not a regular file): {path}")
+    try:
+        samples, sr = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
+        raise DataError(f"cannot read audio file {path}: {err}") from None
+    if samples.shape[0] == 0:
+        raise DataError(f"audio file {path} has zero length (no samples)")
+    return _mono_resampled(samples, sr, target_sr)
+
+
+def to_mono_16k(samples: np.ndarray, sr: int, target_sr: int = TARGET_SR) -> np.ndarray:
+    """Convert an in-memory waveform to float32 mono at ``target_sr`` (16 kHz by default).
+
+    ``samples`` is 1-D (mono) or 2-D ``(frames, channels)``; channels are averaged.
+    Raises :class:`DataError` for empty input, more than 2 dimensions or a non-positive rate."""
+    samples = np.asarray(samples)
+    if samples.ndim not in (1, 2):
+        raise DataError(f"audio array must be 1-D or (frames, channels), got shape {samples.shape}")
+    if samples.shape[0] == 0:
+        raise DataError("audio array has zero length (no samples)")
+    if sr <= 0:
+        raise DataError(f"sample rate must be positive, got {sr}")
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    return _mono_resampled(samples, sr, target_sr)
+
+
+def _mono_resampled(samples: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
+    """Average ``(frames, channels)`` to mono and resample to ``target_sr`` (float32, contiguous)."""
+    if samples.dtype.kind == "i":
+        samples = samples.astype(np.float32) / float(np.iinfo(samples.dtype).max + 1)
+    elif samples.dtype.kind != "f":
+        raise DataError(f"audio samples must be float or signed integer, got dtype {samples.dtype}")
+    mono = samples.astype(np.float32, copy=False).mean(axis=1)
+    if sr != target_sr:
+        mono = soxr.resample(mono, sr, target_sr)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def check_duration(
+    samples: np.ndarray, sr: int, source: str | os.PathLike, max_seconds: float = MAX_SECONDS
+) -> None:
+    """Raise :class:`DataError` naming ``source`` if the audio is longer than ``max_seconds``.
+
+    Long audio is never truncated silently: the caller must split or drop it."""
+    seconds = len(samples) / sr
+    if seconds > max_seconds:
+        raise DataError(
+            f"audio {source} is {seconds:.2f} s long, longer than the {max_seconds:g} s limit; "
+            "split or drop it (speechkeep never truncates audio silently)"
+        )
+
+
+def save_wav(path: str | os.PathLike, samples: np.ndarray, sr: int = TARGET_SR) -> None:
+    """Write mono float samples in [-1, 1] as a 16-bit PCM WAV, atomically.
+
+    The file is written to a temporary file in the same directory and renamed onto ``path``,
+    so ``path`` either does not exist or is complete. Samples outside [-1, 1] are clipped."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pcm = np.round(np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767).astype(np.int16)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            sf.write(f, pcm, sr, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
