@@ -104,6 +104,39 @@ def cmd_ask(args) -> None:
         print(f"[{label}]\n{ans}\n")
 
 
+# ---------------------------------------------------------------- train / eval
+def cmd_train(args) -> None:
+    from speechkeep.config import load_config
+    from speechkeep.train.config import TrainConfig
+    from speechkeep.train.loop import train
+
+    cfg_path, ov = _split_config_args(args)
+    cfg = load_config(TrainConfig, cfg_path, ov)
+    res = train(cfg)
+    print(f"trained {res.steps} steps in {res.seconds / 60:.1f} min, final loss {res.final_loss:.4f}, "
+          f"{res.tokens_per_second:.0f} tokens/s; model saved to {res.output_dir / 'model'}")
+
+
+def cmd_eval(args) -> None:
+    from speechkeep.evaluate.report import format_metrics
+    from speechkeep.evaluate.run import EvalConfig, evaluate
+
+    cfg = EvalConfig(model=args.model, data=args.data, out=args.out, tasks=args.tasks, split=args.split,
+                     limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                     baseline=args.baseline)
+    metrics = evaluate(cfg)
+    print(format_metrics(metrics))
+    print(f"wrote {Path(args.out) / 'metrics.json'} and predictions.jsonl")
+
+
+def cmd_demo(args) -> None:
+    from speechkeep.config import load_config
+    from speechkeep.recipes.demo import DemoConfig, run_demo
+
+    cfg_path, ov = _split_config_args(args)
+    run_demo(load_config(DemoConfig, cfg_path, ov))
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from speechkeep import __version__
@@ -140,6 +173,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", action="append", help="an audio file with a spoken question (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit in tokens (default 48)")
     p.set_defaults(func=cmd_ask)
+
+    from speechkeep.evaluate.run import ALL_TASKS, EvalConfig
+    from speechkeep.strategies import STRATEGIES
+    from speechkeep.train.config import TrainConfig
+
+    p = sub.add_parser("train", help="adapt a text LLM to speech with a strategy (adaptor | full | lora | ...)",
+                       description="Train a SpeechLLM. Strategies: " + "; ".join(
+                           f"{n}: {c.description}" for n, c in sorted(STRATEGIES.items()))
+                       + ". Runs on CPU, one GPU, or several through `accelerate launch -m speechkeep train ...`.",
+                       epilog=_config_epilog(TrainConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    d = EvalConfig()
+    p = sub.add_parser("eval", help="measure text (T2T) and spoken (S2T, ASR) ability, perplexity, the cascade",
+                       description="Evaluate a trained run, a saved SpeechLLM, or a plain LLM spec (the No-FT row: text tasks only).")
+    p.add_argument("--model", required=True, help="a training run directory, a saved SpeechLLM directory, or an LLM spec")
+    p.add_argument("--data", required=True, help="a spoken manifest (manifest.jsonl or its directory) or WebQuestions-style JSON")
+    p.add_argument("--out", required=True, help="output directory for predictions.jsonl and metrics.json")
+    p.add_argument("--tasks", nargs="+", default=d.tasks, choices=ALL_TASKS,
+                   help="t2t: text question->answer accuracy; s2t: spoken question->answer accuracy; ppl: perplexity "
+                        "of the reference responses given text and speech input; asr: transcription WER; cascade: "
+                        "Whisper transcript -> LLM accuracy (default: t2t s2t ppl)")
+    p.add_argument("--split", default=None, help="only manifest rows of this split (e.g. eval)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N items")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"answer length limit (default {d.max_new_tokens})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"generation batch size (default {d.batch_size})")
+    p.add_argument("--baseline", default=None,
+                   help="metrics.json (or its directory) of a baseline: adds retention A/B, drop B-A, modality gap")
+    p.set_defaults(func=cmd_eval)
+
+    from speechkeep.recipes.demo import DemoConfig
+
+    p = sub.add_parser("demo", help="the main job on the bundled models: spoken data, No-FT, cascade, train, evaluate, report",
+                       description="Build spoken WebQuestions data, evaluate No-FT and the cascade, train one strategy "
+                                   "for a few minutes, evaluate it on held-out questions and voice, write a report.",
+                       epilog=_config_epilog(DemoConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p)
+    p.set_defaults(func=cmd_demo)
 
     try:
         from speechkeep.data.cli import add_data_parser

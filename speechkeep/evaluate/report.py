@@ -1,0 +1,45 @@
+"""Human-readable tables of evaluation metrics."""
+
+from __future__ import annotations
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def format_metrics(m: dict) -> str:
+    lines = [f"model: {m['model']}   data: {m['data']}   n={m['n']}   max_new_tokens={m['max_new_tokens']}"]
+    for task in ("t2t", "s2t", "cascade"):
+        if task in m:
+            extra = f"   (Whisper WER {100 * m[task]['asr_wer']:.1f}%)" if "asr_wer" in m[task] else ""
+            lines.append(f"  {task:8s} accuracy {_pct(m[task]['accuracy'])}%  ({m[task]['correct']}/{m[task]['n']}){extra}")
+    if "asr" in m:
+        lines.append(f"  asr      WER {100 * m['asr']['wer']:.1f}%")
+    if "ppl" in m:
+        sp = f", speech input {m['ppl']['speech']:.2f}" if "speech" in m["ppl"] else ""
+        lines.append(f"  ppl      text input {m['ppl']['text']:.2f}{sp}")
+    if "modality_gap" in m:
+        lines.append(f"  modality gap (T2T - S2T): {100 * m['modality_gap']:.1f} points")
+    vb = m.get("vs_baseline")
+    if vb:
+        for task, r in vb.get("retention", {}).items():
+            lines.append(f"  {task} retention vs baseline {_pct(r)}%, drop {100 * vb['drop'][task]:.1f} points")
+    for task, why in m.get("skipped", {}).items():
+        lines.append(f"  ({task} skipped: {why})")
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[tuple[str, dict]], base: dict | None = None) -> str:
+    """One row per (name, metrics): T2T, S2T, cascade, retention of T2T vs ``base``."""
+    head = "| model | T2T acc % | S2T acc % | cascade acc % | T2T retention % | modality gap |\n|---|---|---|---|---|---|"
+    out = [head]
+    b = base["t2t"]["accuracy"] if base and "t2t" in base else None
+    for name, m in rows:
+        t2t = m.get("t2t", {}).get("accuracy")
+        s2t = m.get("s2t", {}).get("accuracy")
+        cas = m.get("cascade", {}).get("accuracy")
+        ret = (t2t / b) if (t2t is not None and b) else None
+        gap = m.get("modality_gap")
+        out.append(f"| {name} | {_pct(t2t)} | {_pct(s2t)} | {_pct(cas)} | {_pct(ret)} | "
+                   f"{'-' if gap is None else f'{100 * gap:.1f}'} |")
+    return "\n".join(out)

@@ -1,0 +1,261 @@
+"""``speechkeep eval``: T2T / S2T accuracy, perplexity, ASR WER, the cascade, retention and the modality gap.
+
+    speechkeep eval --model runs/lora --data data/wq_dev/manifest.jsonl --out runs/lora/eval
+    speechkeep eval --model bundled:smollm2-135m --data ../shared/data/webquestions/devtest.json --out runs/noft
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from speechkeep.errors import SpeechkeepError
+from speechkeep.evaluate.answers import MATCHING_RULE, is_correct
+from speechkeep.io import write_json, write_jsonl
+from speechkeep.models.speech_llm import CONFIG_NAME, Query, SpeechLLM
+
+ALL_TASKS = ("t2t", "s2t", "ppl", "asr", "cascade")
+TEXT_TASKS = ("t2t", "ppl")
+NORMALIZER = "Whisper EnglishTextNormalizer (transformers), no British->American spelling map"
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation."""
+
+    model: str = "bundled:smollm2-135m"
+    """A training run directory, a saved SpeechLLM directory, or a plain LLM spec (text tasks only: the No-FT row)."""
+    data: str = ""
+    """A spoken manifest (manifest.jsonl or its directory) or WebQuestions-style JSON (text tasks only)."""
+    out: str = "runs/eval"
+    """Where predictions.jsonl and metrics.json go."""
+    tasks: list[str] = field(default_factory=lambda: ["t2t", "s2t", "ppl"])
+    """Any of t2t, s2t, ppl, asr, cascade."""
+    split: str | None = None
+    """Use only manifest rows of this split (e.g. 'eval')."""
+    limit: int | None = None
+    """Evaluate only the first N items."""
+    max_new_tokens: int = 48
+    """Answer length limit for t2t, s2t and cascade."""
+    batch_size: int = 16
+    """Generation / scoring batch size."""
+    baseline: str | None = None
+    """metrics.json of a baseline (e.g. the No-FT model) to compute retention, drop and modality gap against."""
+    asr_instruction: str = "Transcribe the audio."
+    """Instruction after the speech for the asr task."""
+    asr_max_new_tokens: int = 64
+    """Transcript length limit (asr task and the cascade's Whisper)."""
+
+
+@dataclass
+class EvalItem:
+    id: str
+    text: str
+    answers: list[str]
+    response: str | None
+    audio: str | None
+
+
+def load_eval_model(spec: str) -> tuple[SpeechLLM, bool]:
+    """(model, speech_trained): a run dir / SpeechLLM dir, or a plain LLM spec (untrained adaptor)."""
+    from speechkeep.models.speech_llm import SpeechLLMConfig
+
+    p = Path(spec)
+    for cand in (p, p / "model"):
+        if cand.is_dir() and (cand / CONFIG_NAME).exists():
+            return SpeechLLM.from_pretrained(cand), True
+    return SpeechLLM.build(SpeechLLMConfig(llm=spec)), False
+
+
+def load_eval_items(data: str, split: str | None, limit: int | None) -> tuple[list[EvalItem], bool]:
+    """(items, has_audio)."""
+    p = Path(data)
+    if p.is_dir():
+        p = p / "manifest.jsonl"
+    if not p.exists():
+        raise SpeechkeepError(f"evaluation data not found: {p}")
+    if p.suffix == ".jsonl" and p.name.startswith("manifest"):
+        from speechkeep.data.manifest import read_manifest
+
+        rows = read_manifest(p)
+        if split is not None:
+            rows = [r for r in rows if r.split == split]
+        items = [EvalItem(r.id, r.text, list(r.answers), r.response, r.audio) for r in rows]
+        has_audio = True
+    else:
+        from speechkeep.data.questions import read_questions
+
+        res = read_questions(p)
+        items = [EvalItem(q.id, q.text, list(q.answers), q.response, None) for q in res.items]
+        has_audio = False
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise SpeechkeepError(f"{p}: no items to evaluate (split={split!r})")
+    return items, has_audio
+
+
+def _batches(seq: Sequence, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _by_length(items: list, key) -> list[int]:
+    return sorted(range(len(items)), key=lambda i: key(items[i]))
+
+
+def generate_all(model: SpeechLLM, queries: list[Query], batch_size: int, max_new_tokens: int, desc: str) -> list[str]:
+    """Batched greedy generation in length order (less padding); results in input order."""
+    from tqdm.auto import tqdm
+
+    order = _by_length(queries, lambda q: len(q.text or "") if q.speech_features is None else q.speech_features.shape[0])
+    out: list[str] = [""] * len(queries)
+    with tqdm(total=len(queries), desc=desc, dynamic_ncols=True) as bar:
+        for idx in _batches(order, batch_size):
+            answers = model.generate([queries[i] for i in idx], max_new_tokens=max_new_tokens)
+            for i, a in zip(idx, answers):
+                out[i] = a
+            bar.update(len(idx))
+    return out
+
+
+@torch.no_grad()
+def perplexity(model: SpeechLLM, queries: list[Query], batch_size: int) -> float:
+    """Token-weighted perplexity exp(sum NLL / number of target tokens)."""
+    total, n = 0.0, 0
+    for b in _batches(queries, batch_size):
+        loss, k = model.loss(model.prepare(b), reduction="sum")
+        total += float(loss)
+        n += k
+    return math.exp(total / n)
+
+
+def transcribe_whisper(encoder_spec: str, audio_paths: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
+    """Whisper's own transcripts (the cascade's first stage)."""
+    from tqdm.auto import tqdm
+
+    from speechkeep.audio import load_audio
+    from speechkeep.models.speech_encoder import load_whisper_asr
+
+    asr, proc = load_whisper_asr(encoder_spec)
+    out = []
+    with torch.no_grad(), tqdm(total=len(audio_paths), desc="cascade: whisper asr", dynamic_ncols=True) as bar:
+        for b in _batches(audio_paths, batch_size):
+            feats = proc([load_audio(p) for p in b], sampling_rate=16000, return_tensors="pt").input_features
+            ids = asr.generate(feats, max_new_tokens=max_new_tokens)
+            out.extend(t.strip() for t in proc.batch_decode(ids, skip_special_tokens=True))
+            bar.update(len(b))
+    return out
+
+
+def _acc(flags: list[bool]) -> dict:
+    return {"accuracy": sum(flags) / len(flags), "correct": int(sum(flags)), "n": len(flags)}
+
+
+def compare_to_baseline(metrics: dict, baseline: dict) -> dict:
+    """Retention A/B, drop B-A (per task present in both) and the modality gap T2T-S2T."""
+    out: dict = {"baseline_model": baseline.get("model")}
+    for task in ("t2t", "s2t", "cascade"):
+        if task in metrics and task in baseline:
+            a, b = metrics[task]["accuracy"], baseline[task]["accuracy"]
+            out.setdefault("retention", {})[task] = a / b if b > 0 else None
+            out.setdefault("drop", {})[task] = b - a
+    return out
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run the evaluation; write predictions.jsonl and metrics.json; return the metrics."""
+    tasks = list(dict.fromkeys(cfg.tasks))
+    bad = [t for t in tasks if t not in ALL_TASKS]
+    if bad:
+        raise SpeechkeepError(f"unknown eval task '{bad[0]}'; valid: {', '.join(ALL_TASKS)}")
+    items, has_audio = load_eval_items(cfg.data, cfg.split, cfg.limit)
+    model, speech_trained = load_eval_model(cfg.model)
+    model.eval()
+    skipped = {}
+    for t in list(tasks):
+        if t not in TEXT_TASKS and not has_audio:
+            skipped[t] = "the data has no audio"
+        elif t in ("s2t", "asr") and not speech_trained:
+            skipped[t] = "a plain LLM spec has no trained speech adaptor"
+    tasks = [t for t in tasks if t not in skipped]
+    t0 = time.perf_counter()
+    metrics: dict = {"model": cfg.model, "data": cfg.data, "split": cfg.split, "n": len(items),
+                     "matching_rule": MATCHING_RULE, "normalizer": NORMALIZER, "max_new_tokens": cfg.max_new_tokens,
+                     "decoding": "greedy"}
+    preds: list[dict] = []
+    feats = None
+    if any(t in ("s2t", "asr") for t in tasks) or ("ppl" in tasks and has_audio and speech_trained):
+        from speechkeep.data.features import FeatureCache
+
+        root = Path(cfg.data) if Path(cfg.data).is_dir() else Path(cfg.data).parent
+        cache = FeatureCache(root / "features", model.encoder, model.config.encode_mode)
+        feats = cache.get([it.audio for it in items])
+
+    def record(task, answers, questions=None):
+        flags = []
+        for k, (it, a) in enumerate(zip(items, answers)):
+            ok = is_correct(a, it.answers)
+            flags.append(ok)
+            row = {"task": task, "id": it.id, "question": it.text, "response": a, "references": it.answers, "correct": ok}
+            if questions is not None:
+                row["transcript"] = questions[k]
+            preds.append(row)
+        return _acc(flags)
+
+    with_answers = all(it.answers for it in items)
+    if "t2t" in tasks:
+        ans = generate_all(model, [Query(text=it.text) for it in items], cfg.batch_size, cfg.max_new_tokens, "t2t")
+        metrics["t2t"] = record("t2t", ans)
+    if "s2t" in tasks:
+        ans = generate_all(model, [Query(speech_features=f) for f in feats], cfg.batch_size, cfg.max_new_tokens, "s2t")
+        metrics["s2t"] = record("s2t", ans)
+    if "cascade" in tasks:
+        transcripts = transcribe_whisper(model.config.speech_encoder, [it.audio for it in items], cfg.batch_size,
+                                         cfg.asr_max_new_tokens)
+        from speechkeep.metrics import corpus_wer
+
+        ans = generate_all(model, [Query(text=t) for t in transcripts], cfg.batch_size, cfg.max_new_tokens, "cascade")
+        metrics["cascade"] = record("cascade", ans, transcripts)
+        metrics["cascade"]["asr_wer"] = corpus_wer([it.text for it in items], transcripts)
+    if "asr" in tasks:
+        from speechkeep.metrics import corpus_wer
+
+        hyps = generate_all(model, [Query(speech_features=f, instruction=cfg.asr_instruction) for f in feats],
+                            cfg.batch_size, cfg.asr_max_new_tokens, "asr")
+        for it, h in zip(items, hyps):
+            preds.append({"task": "asr", "id": it.id, "reference": it.text, "hypothesis": h})
+        metrics["asr"] = {"wer": corpus_wer([it.text for it in items], hyps), "n": len(items)}
+    if "ppl" in tasks:
+        scored = [it for it in items if it.response]
+        if not scored:
+            skipped["ppl"] = "no reference responses (build the data with --teacher)"
+        else:
+            metrics["ppl"] = {"n": len(scored),
+                              "text": perplexity(model, [Query(text=it.text, response=it.response) for it in scored], cfg.batch_size)}
+            if feats is not None:
+                fmap = {it.id: f for it, f in zip(items, feats)}
+                metrics["ppl"]["speech"] = perplexity(
+                    model, [Query(speech_features=fmap[it.id], response=it.response) for it in scored], cfg.batch_size)
+    if not with_answers:
+        metrics["warning"] = "some items have no reference answers; they count as incorrect"
+    if "t2t" in metrics and "s2t" in metrics:
+        metrics["modality_gap"] = metrics["t2t"]["accuracy"] - metrics["s2t"]["accuracy"]
+    if cfg.baseline:
+        base_path = Path(cfg.baseline)
+        if base_path.is_dir():
+            base_path = base_path / "metrics.json"
+        metrics["vs_baseline"] = compare_to_baseline(metrics, json.loads(base_path.read_text()))
+    if skipped:
+        metrics["skipped"] = skipped
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    out = Path(cfg.out)
+    write_jsonl(out / "predictions.jsonl", preds)
+    write_json(out / "metrics.json", metrics)
+    return metrics
