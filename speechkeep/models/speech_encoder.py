@@ -134,6 +134,10 @@ class WhisperSpeechEncoder(nn.Module):
             t = max(max(lengths), 2)
             t += t % 2
             feats = nn.functional.pad(feats[..., :t], (0, max(0, t - feats.shape[-1])))
+            # Zero every item's padding frames: the convolutions would otherwise leak the batch's
+            # padding into the item's last frames (attention padding is masked in forward_features).
+            for i, n in enumerate(lengths):
+                feats[i, :, n:] = 0
         return feats, lengths
 
     def forward_features(self, feats: torch.Tensor, mel_lengths: list[int] | None = None) -> torch.Tensor:
