@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_demo)
 
+    from speechkeep.importance.cli import add_importance_parsers
+
+    add_importance_parsers(sub)
+
     try:
         from speechkeep.data.cli import add_data_parser
     except ImportError:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from speechkeep.models.speech_llm import SpeechLLMConfig
+from speechkeep.strategies.layer_lr import LayerLRSettings
 from speechkeep.strategies.lora import LoraSettings
 
 
@@ -65,9 +66,11 @@ class TrainConfig:
     init_from: str | None = None
     """A saved SpeechLLM directory to start from (e.g. an aligned front-end); None: a fresh adaptor."""
     strategy: str = "adaptor"
-    """Adaptation strategy: adaptor | full | lora (see speechkeep.strategies)."""
+    """Adaptation strategy: adaptor | full | lora | layer_lr (see speechkeep.strategies)."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA settings (strategy=lora)."""
+    layer_lr: LayerLRSettings = field(default_factory=LayerLRSettings)
+    """Importance-driven layer-wise learning rates (strategy=layer_lr)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and schedule."""
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,0 +1,166 @@
+"""CLI: ``speechkeep importance``, ``deactivate``, ``importance-compare``, ``heatmap``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from speechkeep.errors import SpeechkeepError
+
+
+def _load(spec: str):
+    from speechkeep.evaluate.run import load_eval_model
+
+    model, trained = load_eval_model(spec)
+    return model, trained
+
+
+def cmd_importance(args) -> None:
+    from speechkeep.importance.runs import batched, queries_from_manifest, save_importance
+    from speechkeep.importance.taylor import compute_importance
+
+    model, trained = _load(args.model)
+    if args.input == "speech" and not trained:
+        raise SpeechkeepError("speech-input importance needs a trained speech model (a run or SpeechLLM directory)")
+    fraction = None if args.fraction <= 0 or args.fraction >= 1 else args.fraction
+    queries = queries_from_manifest(args.data, args.input, model, fraction, args.limit, args.split, seed=args.seed)
+    res = compute_importance(model, batched(queries, args.batch_size), convention=args.convention)
+    res.meta.update({"model": args.model, "data": args.data, "input": args.input, "fraction": fraction,
+                     "split": args.split})
+    summary = save_importance(args.out, res.scores, res.meta)
+    shares = [v / summary["layer_total"] for v in summary["per_layer"]]
+    peak = max(range(len(shares)), key=shares.__getitem__) if shares else None
+    print(f"importance ({args.convention}, {args.input} input) of {len(res.scores)} tensors over "
+          f"{res.meta['n_queries']} queries / {res.meta['response_tokens']} response tokens in {res.meta['seconds']:.0f} s")
+    print(f"peak layer {peak}; per-type totals: " + ", ".join(f"{k} {v:.3g}" for k, v in summary["per_type"].items() if v))
+    print(f"wrote {args.out}/importance.safetensors, summary.json, summary.csv")
+
+
+def cmd_deactivate(args) -> None:
+    from speechkeep.importance.deactivate import deactivation_table
+    from speechkeep.importance.runs import load_scores, queries_from_manifest
+    from speechkeep.io import write_json
+
+    model, trained = _load(args.model)
+    if args.input == "speech" and not trained:
+        raise SpeechkeepError("speech input needs a trained speech model (a run or SpeechLLM directory)")
+    queries = queries_from_manifest(args.data, args.input, model, None, args.limit, args.split)
+    table = deactivation_table(model, load_scores(args.importance), queries, args.fraction, args.scope,
+                               args.batch_size, args.seed, include_embeddings=not args.exclude_embeddings)
+    table.update({"model": args.model, "importance": args.importance, "data": args.data, "input": args.input})
+    pct = f"{100 * args.fraction:g}%"
+    print(f"perplexity on {table['n_eval']} held-out responses ({args.input} input), {pct} of "
+          f"{table['n_scored_params']:,} parameters zeroed ({args.scope}):")
+    print(f"| base | top {pct} | bottom {pct} | random {pct} |\n|---|---|---|---|")
+    print(f"| {table['base']:.3g} | {table['top']:.3g} | {table['bottom']:.3g} | {table['random']:.3g} |")
+    if args.out:
+        write_json(Path(args.out) / "deactivation.json", table)
+        print(f"wrote {args.out}/deactivation.json")
+
+
+def cmd_compare(args) -> None:
+    from speechkeep.importance.distribution import compare_runs
+    from speechkeep.io import write_json
+
+    if args.labels and len(args.labels) != len(args.runs):
+        raise SpeechkeepError(f"{len(args.labels)} labels for {len(args.runs)} runs")
+    out = Path(args.out)
+    res = compare_runs(args.runs, args.labels, str(out / "layer_importance.png"), relative=not args.absolute)
+    write_json(out / "shift.json", res)
+    for lab, m in res["shift"].items():
+        print(f"{res['reference']} -> {lab}: JS divergence {m['js_divergence']:.4f}, Spearman {m['spearman']:.3f}, "
+              f"magnitude x{m['magnitude_ratio']:.3f}, peak layer {m['peak_layer_before']} -> {m['peak_layer_after']}")
+    print(f"wrote {out}/layer_importance.png and shift.json")
+
+
+def _llm_params(spec: str):
+    model, _ = _load(spec)
+    llm = model.llm.merge_and_unload() if hasattr(model.llm, "peft_config") else model.llm
+    return {n: p.detach() for n, p in llm.named_parameters()}
+
+
+def cmd_heatmap(args) -> None:
+    from speechkeep.importance.heatmaps import parameter_change_report, rank_clustering_report
+    from speechkeep.importance.runs import load_scores
+    from speechkeep.io import write_json
+
+    out = Path(args.out)
+    names = args.matrices or [f"model.layers.{i}.{m}.weight" for i in (0, args.layer) for m in
+                              ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj")]
+    result = {}
+    if args.importance:
+        result["rank_clustering"] = rank_clustering_report(load_scores(args.importance), names,
+                                                           out / "rank_clustering.png", args.top, args.rows)
+        for n, r in result["rank_clustering"].items():
+            print(f"{n}: top-{100 * args.top:g}% concentration in top-{100 * args.rows:g}% rows x{r['rows']:.2f} "
+                  f"(random {r['rows_random']:.2f}), columns x{r['cols']:.2f} (random {r['cols_random']:.2f})")
+    if args.before and args.after:
+        before, after = _llm_params(args.before), _llm_params(args.after)
+        result["parameter_change"] = parameter_change_report(before, after, names, out / "parameter_change.png")
+        for n, r in result["parameter_change"].items():
+            print(f"{n}: mean |dW| {r['mean_abs_change']:.2e}, energy in top-8 singular directions {r['energy_top8']:.3f}")
+    if not result:
+        raise SpeechkeepError("give --importance RUN (rank clustering) and/or --before/--after (parameter change)")
+    write_json(out / "heatmaps.json", result)
+    print(f"wrote {out}/heatmaps.json and PNGs")
+
+
+def add_importance_parsers(sub) -> None:
+    from speechkeep.importance.taylor import DEFAULT_CONVENTION
+
+    p = sub.add_parser("importance", help="first-order Taylor importance |dL/dtheta * theta| of every parameter",
+                       description="Importance of every LLM (and adaptor) parameter over a spoken manifest's responses.")
+    p.add_argument("--model", required=True, help="a training run, a saved SpeechLLM directory, or an LLM spec")
+    p.add_argument("--data", required=True, help="spoken manifest with teacher responses")
+    p.add_argument("--input", choices=["text", "speech"], default="text",
+                   help="loss of the responses given the text question (textual importance) or the spoken one")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--convention", choices=["abs_sum", "signed_sum"], default=DEFAULT_CONVENTION,
+                   help=f"abs_sum: sum_b |g_b*theta|; signed_sum: |theta * sum_b g_b| (default {DEFAULT_CONVENTION})")
+    p.add_argument("--fraction", type=float, default=1 / 30, help="seeded share of the manifest's rows (default 1/30, as the seed; 1 = all)")
+    p.add_argument("--limit", type=int, default=None, help="at most N rows (after --fraction)")
+    p.add_argument("--split", default=None, help="only rows of this split")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the row sample (default 0)")
+    p.set_defaults(func=cmd_importance)
+
+    p = sub.add_parser("deactivate", help="zero the top/bottom/random fraction by importance; perplexity (seed Table 1)",
+                       description="Deactivation test: perplexity on held-out data with the top, bottom and a random "
+                                   "fraction of parameters zeroed, and untouched. Weights are restored afterwards.")
+    p.add_argument("--model", required=True, help="the model the importance was computed on")
+    p.add_argument("--importance", required=True, help="an importance run directory")
+    p.add_argument("--data", required=True, help="held-out spoken manifest with reference responses")
+    p.add_argument("--input", choices=["text", "speech"], default="text", help="text or spoken questions (default text)")
+    p.add_argument("--fraction", type=float, default=0.03, help="share of parameters to zero (default 0.03)")
+    p.add_argument("--scope", choices=["global", "per_matrix"], default="global",
+                   help="rank all parameters together (global, default) or within each weight tensor")
+    p.add_argument("--exclude-embeddings", action="store_true", help="never zero the (tied) embedding matrix")
+    p.add_argument("--split", default=None, help="only rows of this split")
+    p.add_argument("--limit", type=int, default=None, help="at most N held-out items")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random selection (default 0)")
+    p.add_argument("--out", default=None, help="directory for deactivation.json")
+    p.set_defaults(func=cmd_deactivate)
+
+    p = sub.add_parser("importance-compare", help="layer-wise importance distributions and their shift (seed Fig. 2/3)",
+                       description="Plot per-layer importance shares of several runs on the same axes; JS divergence, "
+                                   "Spearman correlation, magnitude ratio and peak layer of each against the first.")
+    p.add_argument("runs", nargs="+", help="importance run directories (the first is the reference)")
+    p.add_argument("--labels", nargs="+", help="legend labels (default: directory names)")
+    p.add_argument("--absolute", action="store_true", help="plot absolute layer totals instead of shares")
+    p.add_argument("--out", required=True, help="output directory (layer_importance.png, shift.json)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("heatmap", help="rank-clustering heatmaps (seed Fig. 1) and parameter-change heatmaps (Fig. 4)",
+                       description="Rank clustering of an importance run's matrices and/or |W_after - W_before| "
+                                   "between two models, each with a number (concentration score, low-rank energy).")
+    p.add_argument("--importance", help="importance run directory (rank clustering)")
+    p.add_argument("--before", help="model before fine-tuning (LLM spec or SpeechLLM directory)")
+    p.add_argument("--after", help="model after fine-tuning (run or SpeechLLM directory)")
+    p.add_argument("--matrices", nargs="+", help="parameter names (default: q, o, down projections of layer 0 and --layer)")
+    p.add_argument("--layer", type=int, default=15, help="second layer for the default matrices (default 15)")
+    p.add_argument("--top", type=float, default=0.05, help="share of entries marked important (default 0.05)")
+    p.add_argument("--rows", type=float, default=0.05, help="share of rows/columns for the concentration score (default 0.05)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_heatmap)

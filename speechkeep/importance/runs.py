@@ -1,0 +1,107 @@
+"""Importance runs on disk, and the data they are computed from.
+
+A run directory holds ``importance.safetensors`` (per-parameter fp32 scores), ``summary.json``
+(per layer, per module type, meta) and ``summary.csv`` (one row per layer x module type).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from speechkeep.errors import SpeechkeepError
+from speechkeep.importance.summary import MODULE_TYPES, summarize
+from speechkeep.io import atomic_path, write_json
+from speechkeep.models.speech_llm import Query, SpeechLLM
+
+SCORES_NAME = "importance.safetensors"
+
+
+def save_importance(out: str | Path, scores: dict[str, torch.Tensor], meta: dict) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(scores)
+    summary["meta"] = meta
+    summary["architecture"] = {n: list(t.shape) for n, t in scores.items()}
+    with atomic_path(out / SCORES_NAME) as tmp:
+        save_file({n: t.contiguous() for n, t in scores.items()}, str(tmp))
+    write_json(out / "summary.json", summary)
+    with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["layer", "share"] + list(MODULE_TYPES[:8]))
+        total = summary["layer_total"] or 1.0
+        for i, (tot, per) in enumerate(zip(summary["per_layer"], summary["per_layer_type"])):
+            w.writerow([i, f"{tot / total:.6f}"] + [f"{per[t]:.6e}" for t in MODULE_TYPES[:8]])
+        w.writerow([])
+        w.writerow(["module_type", "total", "params"])
+        for t in MODULE_TYPES:
+            w.writerow([t, f"{summary['per_type'][t]:.6e}", summary["param_counts"][t]])
+    return summary
+
+
+def load_summary(run: str | Path) -> dict:
+    p = Path(run) / "summary.json"
+    if not p.exists():
+        raise SpeechkeepError(f"{run} is not an importance run (no summary.json)")
+    return json.loads(p.read_text())
+
+
+def load_scores(run: str | Path) -> dict[str, torch.Tensor]:
+    p = Path(run) / SCORES_NAME
+    if not p.exists():
+        raise SpeechkeepError(f"{run} is not an importance run (no {SCORES_NAME})")
+    return load_file(str(p))
+
+
+def queries_from_manifest(manifest: str, input: Literal["text", "speech"], model: SpeechLLM, fraction: float | None,
+                          limit: int | None, split: str | None, seed: int = 0, features_dir: str | None = None,
+                          exclude_split: str | None = None) -> list[Query]:
+    """Queries with responses from a spoken manifest: a seeded random ``fraction`` of the rows (seed: 1/30)."""
+    from speechkeep.data.manifest import read_manifest
+
+    rows = read_manifest(manifest)
+    if split is not None:
+        rows = [r for r in rows if r.split == split]
+    if exclude_split is not None:
+        rows = [r for r in rows if r.split != exclude_split]
+    rows = [r for r in rows if r.response]
+    if not rows:
+        raise SpeechkeepError(f"{manifest}: no rows with responses (build the data with --teacher)")
+    if fraction is not None:
+        n = max(1, int(round(len(rows) * fraction)))
+        idx = np.sort(np.random.default_rng(seed).permutation(len(rows))[:n])
+        rows = [rows[i] for i in idx]
+    if limit is not None:
+        rows = rows[:limit]
+    if input == "text":
+        return [Query(text=r.text, response=r.response) for r in rows]
+    from speechkeep.data.features import FeatureCache
+
+    root = features_dir or str(Path(manifest).parent / "features" if Path(manifest).is_file() else Path(manifest) / "features")
+    feats = FeatureCache(root, model.encoder, model.config.encode_mode).get([r.audio for r in rows])
+    return [Query(speech_features=f, response=r.response) for f, r in zip(feats, rows)]
+
+
+def batched(queries: list[Query], batch_size: int) -> list[list[Query]]:
+    """Length-sorted batches (less padding)."""
+    def length(q: Query) -> int:
+        return (len(q.text or "") // 4 if q.speech_features is None else q.speech_features.shape[0] // 5) + len(q.response or "") // 4
+
+    order = sorted(range(len(queries)), key=lambda i: length(queries[i]))
+    return [[queries[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+
+
+def check_same_architecture(a: dict, b: dict, names: tuple[str, str]) -> None:
+    """Two importance summaries are comparable only for the same parameter names and shapes."""
+    ta, tb = a.get("architecture", {}), b.get("architecture", {})
+    if a["n_layers"] != b["n_layers"] or {k: v for k, v in ta.items() if not k.startswith("adaptor.")} != \
+            {k: v for k, v in tb.items() if not k.startswith("adaptor.")}:
+        raise SpeechkeepError(
+            f"importance runs {names[0]} ({a['n_layers']} layers, {len(ta)} tensors) and {names[1]} "
+            f"({b['n_layers']} layers, {len(tb)} tensors) come from different architectures: they cannot be compared")
