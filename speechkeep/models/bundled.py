@@ -46,6 +46,12 @@ BUNDLED_ENCODERS = {
 }
 
 
+def is_hub_id(spec: str) -> bool:
+    """Whether a spec looks like a Hugging Face hub id ('org/name')."""
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
 def package_dir(model: BundledModel) -> Path:
     """Directory of the package that ships ``model``; a clear error naming the pip package if absent."""
     spec = importlib.util.find_spec(model.module)

@@ -98,8 +98,7 @@ def resolve_llm_dir(spec: str) -> str:
         if not (p / "config.json").exists():
             raise ModelSpecError(f"{p} is a directory without config.json; {ACCEPTED_LLM_SPECS}")
         return str(p)
-    parts = spec.split("/")
-    if len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")):
+    if bundled.is_hub_id(spec):
         return spec  # a hub id; transformers resolves it (from its cache when offline)
     raise ModelSpecError(f"cannot resolve LLM spec '{spec}'; {ACCEPTED_LLM_SPECS}")
 

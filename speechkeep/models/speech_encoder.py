@@ -67,9 +67,8 @@ def resolve_encoder_dir(spec: str) -> str:
         if (p / "config.json").exists():
             return str(p)
         raise ModelSpecError(f"{p} has neither model.bin (CTranslate2) nor config.json; {ACCEPTED_ENCODER_SPECS}")
-    parts = spec.split("/")
-    if len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")):
-        return spec
+    if bundled.is_hub_id(spec):
+        return spec  # a hub id; transformers resolves it (from its cache when offline)
     raise ModelSpecError(f"cannot resolve speech-encoder spec '{spec}'; {ACCEPTED_ENCODER_SPECS}")
 
 

@@ -77,7 +77,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from speechkeep.evaluate.run import EvalConfig, evaluate
     from speechkeep.io import write_json
     from speechkeep.train.config import TrainConfig
-    from speechkeep.train.loop import train
+    from speechkeep.train.loop import TrainResult, train
 
     t_start = time.perf_counter()
     out = Path(cfg.out)
@@ -122,7 +122,14 @@ def run_demo(cfg: DemoConfig) -> dict:
           f"data.batch_size={cfg.batch_size}", f"optim.lr={cfg.lr}", f"max_steps={cfg.max_steps}",
           f"max_minutes={cfg.train_minutes}", f"output_dir={run_dir}", "save_every=50",
           "resume=true"] + [f"{k}={v}" for k, v in cfg.extra.items()]
-    res = train(load_config(TrainConfig, None, ov))
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():  # a finished run: reuse it (an interrupted one resumes from its checkpoint)
+        done = json.loads(summary_path.read_text())
+        res = TrainResult(run_dir, done["steps"], done["final_loss"], done["seconds"], done["trainable_params"],
+                          done["tokens_per_second"])
+        print(f"reusing the finished run in {run_dir} ({res.steps} steps); delete it to train again")
+    else:
+        res = train(load_config(TrainConfig, None, ov))
     timings["train"] = time.perf_counter() - t
 
     t = stage("5/5 evaluate the trained model on the held-out spoken questions")
@@ -133,7 +140,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     timings["eval_trained"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
-    table = markdown_table([("No-FT (text LLM)", noft), (f"cascade (Whisper tiny.en -> LLM)", {"s2t": noft["cascade"]}),
+    table = markdown_table([("No-FT (text LLM as is)", {"t2t": noft["t2t"]}),
+                            ("cascade (Whisper tiny.en transcript -> text LLM)", {"s2t": noft["cascade"]}),
                             (f"{cfg.strategy}, {res.steps} steps", trained)], base=noft)
     report = "\n".join([
         "# speechkeep demo",

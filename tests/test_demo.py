@@ -1,0 +1,28 @@
+"""`speechkeep demo` end to end, shrunk: real TTS, real Whisper, the tiny LLM, 2 training steps."""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.real
+
+
+def test_demo_runs_end_to_end_and_reuses_finished_work(tiny_llm_dir, tmp_path, capsys):
+    from speechkeep.recipes.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=str(tmp_path / "demo"), llm=str(tiny_llm_dir), n_train=8, n_eval=4, max_steps=2,
+                     batch_size=4, teacher_max_new_tokens=6, eval_max_new_tokens=6, eval_voice="espeak-us-f2",
+                     extra={"model.adaptor.hidden_size": "32"})
+    res = run_demo(cfg)
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| No-FT (text LLM as is) |" in report and "| lora, 2 steps |" in report
+    assert res["trained"]["n"] == 4 and "s2t" in res["trained"] and "t2t" in res["noft"]
+    assert "cascade" in res["noft"] and 0 <= res["noft"]["cascade"]["asr_wer"]
+    voices = {json.loads(l)["voice"] for l in (tmp_path / "demo" / "data" / "eval" / "manifest.jsonl").read_text().splitlines()}
+    assert voices == {"espeak-us-f2"}  # the held-out voice speaks only the eval questions
+    train_voices = {json.loads(l)["voice"] for l in (tmp_path / "demo" / "data" / "train" / "manifest.jsonl").read_text().splitlines()}
+    assert "espeak-us-f2" not in train_voices
+    capsys.readouterr()
+    run_demo(cfg)  # second run: data, teacher answers and the finished training run are reused
+    out = capsys.readouterr().out
+    assert "reusing the finished run" in out and "0 synthesized" in out
