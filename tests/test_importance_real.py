@@ -1,28 +1,28 @@
 """Importance on the real SmolLM2-135M: the deactivation test has the seed's shape (Table 1)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from speechkeep.models.speech_llm import Query
 
 pytestmark = pytest.mark.real
+WEBQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "webquestions"
 
 
 def test_deactivation_shape_on_smollm2(real_speech_llm):
-    from tests.conftest import WEBQ
-
     from speechkeep.importance.deactivate import deactivation_table
     from speechkeep.importance.runs import batched
     from speechkeep.importance.taylor import compute_importance
 
     model = real_speech_llm
-    questions = [q["qText"] for q in json.loads((WEBQ / "devtest.json").read_text())[:24]]
+    questions = [q["qText"] for q in json.loads((WEBQ / "devtest.json").read_text())[:64]]
     answers = []
-    for i in range(0, len(questions), 12):
-        answers += model.generate([Query(text=q) for q in questions[i:i + 12]], max_new_tokens=20)
+    for i in range(0, len(questions), 16):
+        answers += model.generate([Query(text=q) for q in questions[i:i + 16]], max_new_tokens=20)
     qs = [Query(text=q, response=a) for q, a in zip(questions, answers)]
-    scored, held_out = qs[:16], qs[16:]
+    scored, held_out = qs[:48], qs[48:]
     res = compute_importance(model, batched(scored, 8), include_adaptor=False, progress=False)
     table = deactivation_table(model, res.scores, held_out, fraction=0.03, progress=False)
     assert table["top"] > 100 * table["base"]            # orders of magnitude

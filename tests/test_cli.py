@@ -1,0 +1,52 @@
+"""The command line: every command has --help; bad input is one clean error line, exit code 2."""
+
+import pytest
+
+from speechkeep.cli import build_parser, main
+
+COMMANDS = ["models", "build", "ask", "data", "train", "eval", "demo", "importance", "deactivate",
+            "importance-compare", "heatmap"]
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for c in COMMANDS:
+        assert f"    {c} " in out or f"    {c}\n" in out, c
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help_for_every_option(cmd, capsys):
+    args = [cmd, "build", "--help"] if cmd == "data" else [cmd, "--help"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 0
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[cmd]
+    if cmd == "data":
+        sub = sub._subparsers._group_actions[0].choices["build"]
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, f"{cmd}: option {action.dest} has no help"
+
+
+def test_config_commands_list_config_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "lora.r (int, default 8)" in out and "layer_lr.lam" in out and "optim.grad_accum" in out
+
+
+def test_unknown_key_is_one_clean_error(capsys, tmp_path):
+    assert main(["build", "adaptr.k=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("speechkeep: error: unknown config key 'adaptr'") and "Traceback" not in err
+    assert main(["eval", "--model", "bundled:smollm2-135m", "--data", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2
+    assert "evaluation data not found" in capsys.readouterr().err
+
+
+def test_unknown_model_spec_lists_accepted_forms(capsys):
+    assert main(["ask", "--model", "bundled:nope", "--text", "hi"]) == 2
+    assert "accepted LLM specs" in capsys.readouterr().err
