@@ -76,27 +76,19 @@ def cmd_build(args) -> None:
         print(f"saved to {args.out}")
 
 
-def load_model_any(spec: str):
-    """A saved SpeechLLM directory, or a config YAML / LLM spec to build a fresh one."""
-    from speechkeep.config import load_config
-    from speechkeep.models.speech_llm import CONFIG_NAME, SpeechLLM, SpeechLLMConfig
-
-    p = Path(spec)
-    if p.is_dir() and (p / CONFIG_NAME).exists():
-        return SpeechLLM.from_pretrained(p)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        return SpeechLLM.build(load_config(SpeechLLMConfig, p))
-    return SpeechLLM.build(SpeechLLMConfig(llm=spec))
-
-
 def cmd_ask(args) -> None:
     from speechkeep.audio import load_audio
     from speechkeep.models.speech_llm import Query
 
     if not args.text and not args.audio:
         raise SpeechkeepError("give --text and/or --audio")
+    from speechkeep.models.speech_llm import load_speech_llm
+
     audios = [load_audio(a) for a in args.audio or []]  # fail on bad audio before loading models
-    model = load_model_any(args.model)
+    model, trained = load_speech_llm(args.model)
+    if audios and not trained:
+        print("note: this model's speech adaptor is untrained (a plain LLM spec or config): spoken answers are noise",
+              file=sys.stderr)
     queries = [Query(text=t) for t in args.text or []] + [Query(audio=a) for a in audios]
     answers = model.generate(queries, max_new_tokens=args.max_new_tokens)
     labels = [f"text: {t}" for t in args.text or []] + [f"audio: {a}" for a in args.audio or []]
@@ -168,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="answer text and/or spoken questions with a SpeechLLM",
                        description="Answer questions with a saved SpeechLLM, a config, or a plain LLM spec.")
     p.add_argument("--model", default="bundled:smollm2-135m",
-                   help="a saved SpeechLLM directory, a config YAML, or an LLM spec (default bundled:smollm2-135m)")
+                   help="a training run or saved SpeechLLM directory, a config YAML, or an LLM spec (default bundled:smollm2-135m)")
     p.add_argument("--text", action="append", help="a text question (repeatable)")
     p.add_argument("--audio", action="append", help="an audio file with a spoken question (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit in tokens (default 48)")

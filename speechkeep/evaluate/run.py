@@ -18,7 +18,7 @@ import torch
 from speechkeep.errors import SpeechkeepError
 from speechkeep.evaluate.answers import MATCHING_RULE, is_correct
 from speechkeep.io import write_json, write_jsonl
-from speechkeep.models.speech_llm import CONFIG_NAME, Query, SpeechLLM
+from speechkeep.models.speech_llm import Query, SpeechLLM, load_speech_llm
 
 ALL_TASKS = ("t2t", "s2t", "ppl", "asr", "cascade")
 TEXT_TASKS = ("t2t", "ppl")
@@ -60,17 +60,6 @@ class EvalItem:
     answers: list[str]
     response: str | None
     audio: str | None
-
-
-def load_eval_model(spec: str) -> tuple[SpeechLLM, bool]:
-    """(model, speech_trained): a run dir / SpeechLLM dir, or a plain LLM spec (untrained adaptor)."""
-    from speechkeep.models.speech_llm import SpeechLLMConfig
-
-    p = Path(spec)
-    for cand in (p, p / "model"):
-        if cand.is_dir() and (cand / CONFIG_NAME).exists():
-            return SpeechLLM.from_pretrained(cand), True
-    return SpeechLLM.build(SpeechLLMConfig(llm=spec)), False
 
 
 def load_eval_items(data: str, split: str | None, limit: int | None) -> tuple[list[EvalItem], bool]:
@@ -177,7 +166,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if bad:
         raise SpeechkeepError(f"unknown eval task '{bad[0]}'; valid: {', '.join(ALL_TASKS)}")
     items, has_audio = load_eval_items(cfg.data, cfg.split, cfg.limit)
-    model, speech_trained = load_eval_model(cfg.model)
+    model, speech_trained = load_speech_llm(cfg.model)
     model.eval()
     skipped = {}
     for t in list(tasks):

@@ -12,9 +12,9 @@ from speechkeep.errors import SpeechkeepError
 def _load(spec: str):
     """The model with LoRA (if any) merged: importance is about the effective weights, under the
     base model's parameter names, so runs before and after LoRA fine-tuning compare directly."""
-    from speechkeep.evaluate.run import load_eval_model
+    from speechkeep.models.speech_llm import load_speech_llm
 
-    model, trained = load_eval_model(spec)
+    model, trained = load_speech_llm(spec)
     if model.is_peft():
         model.llm = model.llm.merge_and_unload()
     return model, trained

@@ -329,3 +329,18 @@ class SpeechLLM(nn.Module):
         model.adaptor.load_state_dict(load_file(str(path / ADAPTOR_NAME)))
         model.adaptor.to(device=model.device, dtype=dtype)
         return model
+
+
+def load_speech_llm(spec: str, device: str | torch.device = "cpu") -> tuple[SpeechLLM, bool]:
+    """Load from any of: a training run directory (its ``model/``), a saved SpeechLLM directory, a
+    SpeechLLM config YAML, or a plain LLM spec. Returns (model, whether its speech adaptor is trained);
+    the last two give a fresh, untrained adaptor."""
+    from speechkeep.config import load_config
+
+    p = Path(spec)
+    for cand in (p, p / "model"):
+        if cand.is_dir() and (cand / CONFIG_NAME).exists():
+            return SpeechLLM.from_pretrained(cand, device=device), True
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return SpeechLLM.build(load_config(SpeechLLMConfig, p), device=device), False
+    return SpeechLLM.build(SpeechLLMConfig(llm=spec), device=device), False
