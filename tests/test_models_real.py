@@ -94,6 +94,21 @@ def test_gemma3_loads_with_default_template():
     assert len(g.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()) > 0
 
 
+def test_gemma3_speech_llm_text_invariance_and_speech_path(whisper_encoder, piper_question):
+    from speechkeep.models.llm import load_llm
+    from speechkeep.models.speech_llm import SpeechLLM, SpeechLLMConfig
+
+    g = load_llm("bundled:gemma3-270m")
+    m = SpeechLLM.from_parts(g.model, g.tokenizer, whisper_encoder, SpeechLLMConfig(llm="bundled:gemma3-270m"))
+    q = Query(text="What is the capital of France?", response="Paris.")
+    ids = m.chat.text_prompt_ids(q.text) + m.chat.response_ids(q.response)
+    with torch.no_grad():
+        torch.testing.assert_close(m.logits(m.prepare([q])), g.model(torch.tensor([ids])).logits)
+        loss, n = m.loss(m.prepare([Query(audio=piper_question[1], response="Paris.")]))
+    assert torch.isfinite(loss) and n == len(m.chat.response_ids("Paris."))
+    assert m.adaptor.proj[2].out_features == g.model.config.hidden_size == 640
+
+
 def test_bad_specs_list_accepted_forms(tmp_path):
     from speechkeep.models.llm import resolve_llm_dir
     from speechkeep.models.speech_encoder import resolve_encoder_dir
