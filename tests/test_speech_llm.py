@@ -141,3 +141,27 @@ def test_save_is_atomic(model, tmp_path, monkeypatch):
         model.save_pretrained(target)
     assert sorted(p.name for p in target.iterdir()) == before
     assert SpeechLLM.from_pretrained(target) is not None
+
+
+def test_shared_prompt_prefix_gives_identical_logits_and_gradients(tiny_speech_llm_factory, tone):
+    m = tiny_speech_llm_factory()
+    qs = [Query(audio=tone, response="Paris is the capital."), Query(text="Who wrote Hamlet?", response="Shakespeare."),
+          Query(audio=tone[:8000], response="Blue.")]
+    b = m.prepare(qs)
+    before, _ = m.chat.speech_prompt_ids()
+    assert b.shared_prefix == len(before)  # system prompt + start of the user turn
+    for p in m.llm.parameters():
+        p.requires_grad_(True)
+    results = []
+    for share in (True, False):
+        m.share_prefix = share
+        m.zero_grad(set_to_none=True)
+        b = m.prepare(qs)
+        with torch.no_grad():
+            logits = m.logits(b)
+        loss, _ = m.loss(b)
+        loss.backward()
+        results.append((logits.detach(), loss.detach(), m.llm.model.layers[0].self_attn.q_proj.weight.grad.clone(),
+                        m.adaptor.proj[0].weight.grad.clone()))
+    for a, c in zip(*results):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)

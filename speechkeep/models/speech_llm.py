@@ -30,6 +30,19 @@ IGNORE_INDEX = -100
 CONFIG_NAME = "speechkeep.json"
 ADAPTOR_NAME = "adaptor.safetensors"
 FORMAT_VERSION = 1
+MIN_SHARED_PREFIX = 4
+
+
+def common_token_prefix(ids_seqs: Sequence[torch.Tensor]) -> int:
+    """Length of the token-id prefix shared by every sequence (speech positions, marked -100, never
+    count), leaving at least one position of each sequence outside it."""
+    n = min(int(s.shape[0]) for s in ids_seqs) - 1
+    if n <= 0:
+        return 0
+    block = torch.stack([s[:n] for s in ids_seqs])
+    same = (block == block[0]).all(0) & (block[0] != IGNORE_INDEX)
+    bad = (~same).nonzero()
+    return int(bad[0]) if bad.numel() else n
 
 
 @dataclass
@@ -77,6 +90,9 @@ class Batch:
     position_ids: torch.Tensor
     labels: torch.Tensor | None
     num_speech_tokens: list[int]
+    shared_prefix: int = 0
+    """Leading positions whose tokens are identical in every row (e.g. the system prompt): computed
+    once and shared across the batch (right padding only)."""
 
 
 class SpeechLLM(nn.Module):
@@ -90,6 +106,8 @@ class SpeechLLM(nn.Module):
         self.adaptor = adaptor
         self.config = config
         self.chat = ChatFormat(tokenizer, config.system_prompt)
+        self.share_prefix = True
+        """Run a prompt prefix common to every row of a batch once (see :meth:`hidden_states`)."""
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -213,11 +231,27 @@ class SpeechLLM(nn.Module):
                 lab[~torch.tensor(lm, dtype=torch.bool, device=self.device)] = IGNORE_INDEX
                 labels[b, sl] = lab
         n_speech = [speech_embeds[i].shape[0] if i in speech_embeds else 0 for i in range(bsz)]
-        return Batch(embeds, attn, pos, labels, n_speech)
+        shared = common_token_prefix(ids_seqs) if padding_side == "right" and bsz > 1 else 0
+        return Batch(embeds, attn, pos, labels, n_speech, shared)
 
     # ------------------------------------------------------------------ forward
     def hidden_states(self, batch: Batch) -> torch.Tensor:
-        out = self._decoder()(
+        """Last hidden states. A prompt prefix shared by every row (the system prompt and the start of
+        the user turn: ~25% of a SmolLM2 training sequence) is run once, not once per row; its keys and
+        values are repeated over the batch (gradients flow back through the repeat)."""
+        dec = self._decoder()
+        p, bsz = batch.shared_prefix, batch.inputs_embeds.shape[0]
+        if self.share_prefix and p >= MIN_SHARED_PREFIX and bsz > 1:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.llm.config)
+            pre = dec(inputs_embeds=batch.inputs_embeds[:1, :p], attention_mask=batch.attention_mask[:1, :p],
+                      position_ids=batch.position_ids[:1, :p], past_key_values=cache, use_cache=True)
+            cache.batch_repeat_interleave(bsz)
+            rest = dec(inputs_embeds=batch.inputs_embeds[:, p:], attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids[:, p:], past_key_values=cache, use_cache=True)
+            return torch.cat([pre.last_hidden_state.expand(bsz, -1, -1), rest.last_hidden_state], dim=1)
+        out = dec(
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
