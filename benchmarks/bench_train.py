@@ -5,7 +5,8 @@ batch size. The plain loop is what encoder-adaptor code usually does: run the Wh
 30-s padded window at every step, build full-vocabulary logits for every position and let
 ``LlamaForCausalLM`` compute the loss, batches in random order (LoRA through peft in both).
 speechkeep reads cached variable-length encoder features, applies the LM head only where a label is,
-groups batches by length, flushes fp32 denormals to zero on CPU, and uses fused AdamW (both sides
+groups batches by length, runs the prompt prefix shared by a batch (system prompt) once, flushes fp32
+denormals to zero on CPU, and uses fused AdamW (both sides
 use LoRA r=8 with lora.dropout=0, speechkeep's default).
 
     python benchmarks/bench_train.py --data runs/demo/data/train/manifest.jsonl --steps 6
