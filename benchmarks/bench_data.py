@@ -71,7 +71,7 @@ def bench_teacher(llm_spec: str, texts: list[str], max_new_tokens: int, batch_si
 def bench_encoder(spec: str, audios: list) -> dict:
     import torch
 
-    from speechkeep.data.features import BATCH_SIZES, encode_batch
+    from speechkeep.data.features import BATCH_SIZES
     from speechkeep.models.speech_encoder import load_speech_encoder
 
     enc = load_speech_encoder(spec)
@@ -80,12 +80,12 @@ def bench_encoder(spec: str, audios: list) -> dict:
     out: dict = {}
     for mode in ("padded", "variable"):
         bs = BATCH_SIZES[mode]
-        encode_batch(enc, audios[:2], mode)  # warm-up
+        enc.encode(audios[:2], mode=mode)  # warm-up
         res: list = [None] * len(audios)
         t = time.perf_counter()
         for b in range(0, len(order), bs):
             idx = order[b: b + bs]
-            for i, f in zip(idx, encode_batch(enc, [audios[i] for i in idx], mode)):
+            for i, f in zip(idx, enc.encode([audios[i] for i in idx], mode=mode)):
                 res[i] = f
         dt = time.perf_counter() - t
         frames = sum(f.shape[0] for f in res)

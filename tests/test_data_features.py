@@ -16,10 +16,8 @@ SENTENCES = ["Where is the nearest train station?", "What time is it?", "Who wro
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    from speechkeep.models.speech_encoder import load_speech_encoder
-
-    return load_speech_encoder(ENCODER)
+def encoder(whisper_encoder):
+    return whisper_encoder  # the session-wide load (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,8 @@ QUESTIONS = ["what is the capital of france?", "who wrote hamlet?", "what is the
 
 
 @pytest.fixture(scope="module")
-def llm():
-    from speechkeep.models.llm import load_llm
-
-    return load_llm(LLM)
+def llm(smollm2):
+    return smollm2  # the session-wide load (tests/conftest.py)
 
 
 def test_batched_left_padding_matches_one_by_one(llm):

@@ -77,11 +77,18 @@ def test_encoder_crops_to_real_length_and_variable_mode(whisper_encoder, piper_q
     torch.testing.assert_close(both[0], variable, atol=1e-4, rtol=1e-4)
 
 
-def test_gemma3_loads_with_default_template():
-    from speechkeep.models.llm import DEFAULT_CHAT_TEMPLATE, load_llm
+@pytest.fixture(scope="module")
+def gemma3():
+    from speechkeep.models.llm import load_llm
+
+    return load_llm("bundled:gemma3-270m")
+
+
+def test_gemma3_loads_with_default_template(gemma3):
+    from speechkeep.models.llm import DEFAULT_CHAT_TEMPLATE
     from speechkeep.models.chat import ChatFormat
 
-    g = load_llm("bundled:gemma3-270m")
+    g = gemma3
     assert type(g.model).__name__ == "Gemma3ForCausalLM"
     assert g.tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE
     chat = ChatFormat(g.tokenizer)
@@ -94,11 +101,10 @@ def test_gemma3_loads_with_default_template():
     assert len(g.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()) > 0
 
 
-def test_gemma3_speech_llm_text_invariance_and_speech_path(whisper_encoder, piper_question):
-    from speechkeep.models.llm import load_llm
+def test_gemma3_speech_llm_text_invariance_and_speech_path(gemma3, whisper_encoder, piper_question):
     from speechkeep.models.speech_llm import SpeechLLM, SpeechLLMConfig
 
-    g = load_llm("bundled:gemma3-270m")
+    g = gemma3
     m = SpeechLLM.from_parts(g.model, g.tokenizer, whisper_encoder, SpeechLLMConfig(llm="bundled:gemma3-270m"))
     q = Query(text="What is the capital of France?", response="Paris.")
     ids = m.chat.text_prompt_ids(q.text) + m.chat.response_ids(q.response)

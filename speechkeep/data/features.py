@@ -12,7 +12,7 @@ them as ``Query.speech_features``; the encoder is then never run (and, given a s
 than a loaded encoder, never even loaded) when everything is cached.
 
 Variable-length features are computed so that they do not depend on the other items of the batch
-(see :func:`encode_batch`); padded and variable features differ (Whisper was trained on the 30-s
+(see :meth:`WhisperSpeechEncoder.encode <speechkeep.models.speech_encoder.WhisperSpeechEncoder.encode>`); padded and variable features differ (Whisper was trained on the 30-s
 window): ``benchmarks/bench_data.py`` measures by how much.
 """
 
@@ -36,12 +36,6 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZES = {"padded": 8, "variable": 16}
 TENSOR_NAME = "features"
-
-
-def encode_batch(encoder, audios: list, mode: str) -> list[torch.Tensor]:
-    """Encoder frames of each 16-kHz audio; in variable mode independent of the batch's other items
-    (see :meth:`~speechkeep.models.speech_encoder.WhisperSpeechEncoder.encode`)."""
-    return encoder.encode(audios, mode=mode)
 
 
 @dataclass
@@ -187,7 +181,7 @@ class FeatureCache:
                 for i, a in zip(idx, audios):
                     check_duration(a, TARGET_SR, paths[i], max_seconds=min(MAX_SECONDS, encoder.max_seconds))
                 try:
-                    feats = encode_batch(encoder, audios, self.mode)
+                    feats = encoder.encode(audios, mode=self.mode)
                 except DataError as e:  # e.g. too long: name the files, not "audio item 3"
                     raise DataError(f"{e} (batch of {', '.join(str(paths[i]) for i in idx)})") from None
                 for i, f in zip(idx, feats):

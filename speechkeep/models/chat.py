@@ -22,6 +22,7 @@ class ChatFormat:
 
     def __post_init__(self) -> None:
         self._speech_prompt_cache: dict[str, tuple[list[int], list[int]]] = {}
+        self._text_prompt_cache: dict[str, list[int]] = {}
 
     def messages(self, user_content: str) -> list[dict]:
         msgs = []
@@ -41,7 +42,12 @@ class ChatFormat:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def text_prompt_ids(self, question: str) -> list[int]:
-        return self.encode(self.render(question))
+        """Prompt token ids of a text question (memoized: training and evaluation ask again and again)."""
+        if question not in self._text_prompt_cache:
+            if len(self._text_prompt_cache) > 100_000:
+                self._text_prompt_cache.clear()
+            self._text_prompt_cache[question] = self.encode(self.render(question))
+        return list(self._text_prompt_cache[question])
 
     def speech_prompt_ids(self, instruction: str | None = None) -> tuple[list[int], list[int]]:
         """Token ids before and after the speech segment in a spoken-query prompt.
