@@ -129,6 +129,14 @@ def cmd_demo(args) -> None:
     run_demo(load_config(DemoConfig, cfg_path, ov))
 
 
+def cmd_align(args) -> None:
+    from speechkeep.align.recipe import AlignConfig, run_align
+    from speechkeep.config import load_config
+
+    cfg_path, ov = _split_config_args(args)
+    run_align(load_config(AlignConfig, cfg_path, ov))
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from speechkeep import __version__
@@ -204,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_config_epilog(DemoConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(p)
     p.set_defaults(func=cmd_demo)
+
+    from speechkeep.align.recipe import AlignConfig
+
+    p = sub.add_parser("align", help="speech alignment stage: multi-voice corpus, CTC onto the LLM vocabulary, evaluation, card",
+                       description="Train the adaptor so speech maps to what the LLM reads (CTC onto the LLM's own token "
+                                   "embeddings, no LLM forward), evaluate it on held-out questions and voice, and "
+                                   "optionally export the shippable checkpoint (export_to=DIR). Resumable: run it again to continue.",
+                       epilog=_config_epilog(AlignConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p)
+    p.set_defaults(func=cmd_align)
 
     from speechkeep.importance.cli import add_importance_parsers
 

@@ -15,8 +15,12 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path, capsys):
                      extra={"model.adaptor.hidden_size": "32"})
     res = run_demo(cfg)
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "| No-FT (text LLM as is) |" in report and "| lora, 2 steps |" in report
+    assert "| No-FT (text LLM as is) |" in report and "| lora, 2 steps from the aligned front-end |" in report
+    assert "| aligned front-end (CTC, LLM frozen: T2T = No-FT), before the strategy |" in report
     assert res["trained"]["n"] == 4 and "s2t" in res["trained"] and "t2t" in res["noft"]
+    # the strategy trained the shipped front-end (CTC adaptor), not a fresh hidden_size=32 one
+    saved = json.loads((tmp_path / "demo" / "runs" / "lora" / "model" / "speechkeep.json").read_text())
+    assert saved["config"]["adaptor"]["output"] == "ctc"
     assert res["noft"]["cascade"]["asr_wer"] < 0.5  # Whisper tiny.en on a clear espeak voice
     assert "cascade" in res["noft"] and 0 <= res["noft"]["cascade"]["asr_wer"]
     voices = {json.loads(l)["voice"] for l in (tmp_path / "demo" / "data" / "eval" / "manifest.jsonl").read_text().splitlines()}

@@ -221,7 +221,15 @@ def evaluate(cfg: EvalConfig) -> dict:
                             cfg.batch_size, cfg.asr_max_new_tokens, "asr")
         for it, h in zip(items, hyps):
             preds.append({"task": "asr", "id": it.id, "reference": it.text, "hypothesis": h})
-        metrics["asr"] = {"wer": corpus_wer([it.text for it in items], hyps), "n": len(items)}
+        metrics["asr"] = {"wer": corpus_wer([it.text for it in items], hyps), "n": len(items),
+                          "instruction": cfg.asr_instruction}
+        if getattr(model.adaptor, "is_ctc", False):  # the aligned front-end's own transcript
+            from speechkeep.align.ctc import ctc_transcribe
+
+            ctc_hyps = ctc_transcribe(model, feats)
+            for it, h in zip(items, ctc_hyps):
+                preds.append({"task": "asr_ctc", "id": it.id, "reference": it.text, "hypothesis": h})
+            metrics["asr"]["ctc_wer"] = corpus_wer([it.text for it in items], ctc_hyps)
     if "ppl" in tasks:
         scored = [it for it in items if it.response]
         if not scored:

@@ -3,6 +3,17 @@
 k consecutive encoder frames are concatenated (the remainder is dropped, or zero-padded) and mapped
 by Linear(k*d_enc -> hidden) -> ReLU -> Linear(hidden -> d_llm). With Whisper's 50 frames/s and
 k=5 that is 10 speech tokens per second.
+
+Two outputs (``AdaptorConfig.output``):
+
+* ``embeddings`` — the MLP outputs go to the LLM as they are (LLaMA-Omni, SLAM-LLM);
+* ``ctc`` — the MLP outputs are scored against the LLM's own (frozen) token embeddings plus a
+  learned blank: CTC logits over a vocabulary of LLM tokens (``ctc_vocab``, a buffer saved with the
+  weights). The adaptor is trained with CTC (:mod:`speechkeep.align.ctc`), and the LLM receives, for
+  every token the greedy CTC path emits (non-blank frames, repeats merged), the
+  posterior-weighted average of the token embeddings (LegoSLM-style, ``ctc_emit='soft'``; gradients
+  flow through the posteriors) or the embedding of the best token (``'hard'``). The LLM thus reads
+  in-distribution inputs: about one embedding per spoken token, each close to a real token's.
 """
 
 from __future__ import annotations
@@ -24,12 +35,24 @@ class AdaptorConfig:
     """Width of the MLP's hidden layer (LLaMA-Omni: 2048)."""
     remainder: Literal["drop", "pad"] = "drop"
     """What to do with the last T mod k frames: drop them, or zero-pad to a full group."""
+    output: Literal["embeddings", "ctc"] = "embeddings"
+    """'embeddings': the MLP outputs are the LLM's speech inputs; 'ctc': they are CTC-decoded onto the LLM's token embeddings (see the module docstring)."""
+    ctc_vocab_size: int = 0
+    """output='ctc': number of LLM tokens the CTC head can emit (the ids are the ctc_vocab buffer, set by the alignment stage)."""
+    ctc_emit: Literal["soft", "hard"] = "soft"
+    """output='ctc': what the LLM gets per emitted token: posterior-weighted token embeddings ('soft') or the best token's embedding ('hard')."""
 
     def __post_init__(self) -> None:
         if self.stack_frames < 1:
             raise ValueError(f"stack_frames must be >= 1, got {self.stack_frames}")
         if self.hidden_size < 1:
             raise ValueError(f"hidden_size must be >= 1, got {self.hidden_size}")
+        if self.output not in ("embeddings", "ctc"):
+            raise ValueError(f"output must be 'embeddings' or 'ctc', got {self.output!r}")
+        if self.ctc_emit not in ("soft", "hard"):
+            raise ValueError(f"ctc_emit must be 'soft' or 'hard', got {self.ctc_emit!r}")
+        if self.output == "ctc" and self.ctc_vocab_size < 1:
+            raise ValueError("output='ctc' needs ctc_vocab_size >= 1 (the number of LLM tokens the CTC head emits)")
 
 
 class FrameStackAdaptor(nn.Module):
@@ -45,6 +68,13 @@ class FrameStackAdaptor(nn.Module):
             nn.ReLU(),
             nn.Linear(self.config.hidden_size, d_llm),
         )
+        if self.config.output == "ctc":
+            self.register_buffer("ctc_vocab", torch.zeros(self.config.ctc_vocab_size, dtype=torch.long))
+            self.blank = nn.Linear(d_llm, 1)
+
+    @property
+    def is_ctc(self) -> bool:
+        return self.config.output == "ctc"
 
     def num_tokens(self, n_frames: int) -> int:
         """Speech tokens produced from ``n_frames`` encoder frames."""
@@ -61,11 +91,69 @@ class FrameStackAdaptor(nn.Module):
             frames = nn.functional.pad(frames, (0, 0, 0, need - frames.shape[0]))
         return frames[:need].reshape(n, k * frames.shape[1])
 
-    def forward(self, frames: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each ``(T_i, d_encoder)`` -> ``(num_tokens(T_i), d_llm)``; one matmul for the whole batch."""
+    def frame_outputs(self, frames: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each ``(T_i, d_encoder)`` -> MLP outputs ``(num_tokens(T_i), d_llm)``; one matmul for the batch."""
         if not frames:
             return []
         dtype = self.proj[0].weight.dtype
         stacked = [self.stack(f.to(dtype)) for f in frames]
         out = self.proj(torch.cat(stacked, dim=0))
         return list(torch.split(out, [s.shape[0] for s in stacked], dim=0))
+
+    # ------------------------------------------------------------------ CTC output
+    def vocab_embeddings(self, token_embedding: nn.Module) -> torch.Tensor:
+        """(V, d_llm): the LLM's input embeddings of the CTC vocabulary (what the LLM reads)."""
+        return token_embedding(self.ctc_vocab)
+
+    def ctc_logits(self, hidden: torch.Tensor, vocab_emb: torch.Tensor) -> torch.Tensor:
+        """(n, d_llm) MLP outputs -> (n, 1 + V) CTC logits, index 0 = blank, i = ``ctc_vocab[i-1]``."""
+        return torch.cat([self.blank(hidden), hidden @ vocab_emb.to(hidden.dtype).T], dim=-1)
+
+    @staticmethod
+    def greedy_runs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy CTC path of (n, 1+V) logits: (frame indices of emitted tokens' runs as a run id per
+        frame, -1 for blank frames; the emitted CTC labels, one per run)."""
+        best = logits.argmax(-1)
+        prev = torch.cat([best.new_full((1,), -1), best[:-1]])
+        starts = (best != 0) & (best != prev)
+        run = torch.cumsum(starts.long(), 0) - 1
+        run = torch.where(best != 0, run, torch.full_like(run, -1))
+        return run, best[starts]
+
+    def ctc_decode(self, frames: list[torch.Tensor], token_embedding: nn.Module) -> list[list[int]]:
+        """Greedy CTC transcription of each utterance as LLM token ids."""
+        vocab_emb = self.vocab_embeddings(token_embedding)
+        out = []
+        for h in self.frame_outputs(frames):
+            _, labels = self.greedy_runs(self.ctc_logits(h, vocab_emb))
+            out.append(self.ctc_vocab[labels - 1].tolist())
+        return out
+
+    def _emit(self, hidden: torch.Tensor, vocab_emb: torch.Tensor) -> torch.Tensor:
+        """One LLM input embedding per token of the greedy CTC path (at least one per utterance)."""
+        logits = self.ctc_logits(hidden, vocab_emb).float()
+        run, labels = self.greedy_runs(logits.detach())
+        if labels.numel() == 0:  # all blank: the frame least sure it is blank
+            run = torch.full_like(run, -1)
+            run[logits[:, 0].argmin()] = 0
+            labels = logits[:, 1:].argmax(-1)[run == 0] + 1
+        n = int(labels.numel())
+        if self.config.ctc_emit == "hard":
+            return vocab_emb[labels - 1].to(hidden.dtype)
+        keep = run >= 0
+        probs = torch.softmax(logits[keep, 1:], dim=-1)  # renormalized over the tokens (no blank)
+        mean = probs.new_zeros(n, probs.shape[1]).index_add(0, run[keep], probs)
+        mean = mean / torch.bincount(run[keep], minlength=n).clamp_min(1).unsqueeze(1).to(mean.dtype)
+        return (mean @ vocab_emb.float()).to(hidden.dtype)
+
+    def forward(self, frames: list[torch.Tensor], token_embedding: nn.Module | None = None) -> list[torch.Tensor]:
+        """Each ``(T_i, d_encoder)`` -> LLM inputs: ``(num_tokens(T_i), d_llm)`` MLP outputs, or with
+        ``output='ctc'`` one embedding per CTC-emitted token (``token_embedding``: the LLM's input
+        embedding layer, required then)."""
+        outs = self.frame_outputs(frames)
+        if not self.is_ctc:
+            return outs
+        if token_embedding is None:
+            raise ValueError("a CTC adaptor needs the LLM's token_embedding to build its outputs")
+        vocab_emb = self.vocab_embeddings(token_embedding)
+        return [self._emit(h, vocab_emb) for h in outs]

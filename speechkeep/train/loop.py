@@ -38,10 +38,30 @@ class TrainResult:
     tokens_per_second: float
 
 
+def resolve_init(cfg: TrainConfig) -> str | None:
+    """What the run starts from (see ``TrainConfig.init_from``): a model spec/directory, or None (fresh)."""
+    from speechkeep.models.bundled import aligned_front_end
+
+    init = (cfg.init_from or "none").strip()
+    if init.lower() in ("none", "scratch", ""):
+        return None
+    if init.lower() == "auto":
+        found = aligned_front_end(cfg.model.llm, cfg.model.speech_encoder)
+        return str(found) if found else None
+    return init
+
+
 def build_model(cfg: TrainConfig) -> SpeechLLM:
-    if cfg.init_from:
-        return SpeechLLM.from_pretrained(cfg.init_from)
-    return SpeechLLM.build(cfg.model, seed=cfg.seed)
+    from speechkeep.models.speech_llm import load_speech_llm
+
+    init = resolve_init(cfg)
+    if init is None:
+        return SpeechLLM.build(cfg.model, seed=cfg.seed)
+    model, trained = load_speech_llm(init)
+    if not trained:
+        raise ConfigError(f"init_from={cfg.init_from!r} is not a saved SpeechLLM (no trained adaptor to start from)")
+    log.info("starting from %s", init)
+    return model
 
 
 def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:

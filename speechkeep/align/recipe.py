@@ -1,0 +1,218 @@
+"""``speechkeep align``: the alignment stage end to end, and the shippable aligned front-end.
+
+1. the multi-voice transcription corpus (:mod:`speechkeep.align.corpus`);
+2. the held-out evaluation set: WebQuestions ``devtest`` questions spoken by a held-out voice;
+3. CTC training of the adaptor onto the LLM's vocabulary (:mod:`speechkeep.align.ctc`);
+4. evaluation of the aligned SpeechLLM: transcription WER (the CTC transcript, and the LLM asked to
+   transcribe), spoken QA (S2T) next to text QA (T2T) on the same questions and the Whisper cascade;
+5. with ``export_to``: the adaptor in fp16 + its config + ``CARD.md`` (command, data, steps, time,
+   metrics) — the form in which ``speechkeep/checkpoints/`` ships it.
+
+Every stage is resumable: a re-run reuses the corpus, the features, the CTC checkpoint and a
+finished model.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from speechkeep.align.corpus import AlignCorpusConfig
+from speechkeep.align.ctc import CTCAlignConfig
+
+
+@dataclass
+class AlignConfig:
+    """Options of ``speechkeep align``."""
+
+    out: str = "runs/align"
+    """Run directory: corpus/, eval/, ctc/, eval_results/, report.json."""
+    corpus: AlignCorpusConfig = field(default_factory=lambda: AlignCorpusConfig(out=""))
+    """The alignment corpus (corpus.out empty: <out>/corpus)."""
+    ctc: CTCAlignConfig = field(default_factory=lambda: CTCAlignConfig(manifest="", out=""))
+    """The CTC stage (manifest and out empty: the corpus and <out>/ctc)."""
+    webquestions: str | None = None
+    """Directory with devtest.json; None: ../shared/data/webquestions."""
+    eval_questions: str = "devtest.json"
+    """Held-out questions file (inside webquestions) spoken for evaluation."""
+    n_eval: int | None = None
+    """Evaluate on the first N held-out questions (None: all)."""
+    eval_voice: str = "piper-joe-high"
+    """Held-out voice of the evaluation set (never in the corpus)."""
+    eval_tasks: list[str] = field(default_factory=lambda: ["t2t", "s2t", "cascade", "asr"])
+    """Evaluation tasks for the aligned model (see speechkeep eval)."""
+    export_to: str | None = None
+    """Also write the shippable checkpoint (fp16 adaptor, config, CARD.md) to this directory."""
+    command: str | None = None
+    """The command line recorded on the card (default: this process's own)."""
+
+
+def _filled(cfg: AlignConfig) -> AlignConfig:
+    out = Path(cfg.out)
+    cfg.corpus.out = cfg.corpus.out or str(out / "corpus")
+    cfg.corpus.held_out_voices = sorted(set(cfg.corpus.held_out_voices) | {cfg.eval_voice})
+    cfg.ctc.manifest = cfg.ctc.manifest or str(Path(cfg.corpus.out) / "manifest.jsonl")
+    cfg.ctc.out = cfg.ctc.out or str(out / "ctc")
+    cfg.ctc.eval_manifest = cfg.ctc.eval_manifest or str(out / "eval" / "manifest.jsonl")
+    cfg.corpus.speech_encoder = cfg.ctc.model.speech_encoder
+    return cfg
+
+
+def build_eval_set(cfg: AlignConfig, progress: bool = True) -> Path:
+    """Held-out questions spoken by the held-out voice, variable-length features cached."""
+    from speechkeep.data.build import DataBuildConfig, build_dataset
+    from speechkeep.recipes.demo import default_webquestions_dir
+
+    wq = Path(cfg.webquestions) if cfg.webquestions else default_webquestions_dir()
+    out = Path(cfg.out) / "eval"
+    if (out / "manifest.jsonl").is_file():
+        return out / "manifest.jsonl"
+    rep = build_dataset(DataBuildConfig(
+        questions=str(wq / cfg.eval_questions), out=str(out), limit=cfg.n_eval, voices=[cfg.eval_voice],
+        split="eval", features=True, speech_encoder=cfg.ctc.model.speech_encoder, encode_mode="variable",
+        deterministic_tts=True, progress=progress))
+    return rep.manifest
+
+
+def run_align(cfg: AlignConfig, progress: bool = True) -> dict:
+    """Corpus -> eval set -> CTC -> evaluation (-> export); returns report.json's content."""
+    from speechkeep.align.corpus import build_align_corpus
+    from speechkeep.align.ctc import train_ctc
+    from speechkeep.evaluate.run import EvalConfig, evaluate
+    from speechkeep.io import write_json
+
+    cfg = _filled(cfg)
+    command = cfg.command or " ".join(["speechkeep", *map(shlex.quote, sys.argv[1:])])
+    t0 = time.perf_counter()
+    print(f"[align] corpus -> {cfg.corpus.out}", flush=True)
+    build_align_corpus(cfg.corpus, progress=progress)
+    t_corpus = time.perf_counter() - t0
+    print("[align] held-out evaluation set", flush=True)
+    eval_manifest = build_eval_set(cfg, progress)
+    model_dir = Path(cfg.ctc.out) / "model"
+    summary_path = Path(cfg.ctc.out) / "summary.json"
+    if summary_path.is_file() and model_dir.is_dir() and json.loads(summary_path.read_text())["steps"] >= cfg.ctc.max_steps:
+        summary = json.loads(summary_path.read_text())
+        print(f"[align] CTC stage finished earlier ({summary['steps']} steps): reusing {model_dir}", flush=True)
+    else:
+        print(f"[align] CTC stage -> {cfg.ctc.out}", flush=True)
+        summary = train_ctc(cfg.ctc, progress=progress)
+    if summary["steps"] < cfg.ctc.max_steps:
+        print(f"[align] stopped at step {summary['steps']} of {cfg.ctc.max_steps} ({summary['stop_reason']}); "
+              "run the same command again to resume", flush=True)
+        return {"ctc": summary, "finished": False}
+    print("[align] evaluating the aligned model", flush=True)
+    metrics = evaluate(EvalConfig(model=str(model_dir), data=str(eval_manifest), out=str(Path(cfg.out) / "eval_results"),
+                                  tasks=list(cfg.eval_tasks)))
+    report = {
+        "command": command, "finished": True,
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, torch {__import__('torch').__version__}",
+        "corpus": json.loads((Path(cfg.corpus.out) / "build_info.json").read_text()),
+        "corpus_seconds": round(t_corpus, 1),
+        "ctc": summary, "eval": metrics, "eval_set": {"questions": cfg.eval_questions, "voice": cfg.eval_voice,
+                                                      "n": metrics["n"]},
+    }
+    write_json(Path(cfg.out) / "report.json", report)
+    if cfg.export_to:
+        export_checkpoint(model_dir, Path(cfg.out) / "report.json", cfg.export_to)
+        print(f"[align] exported the aligned front-end to {cfg.export_to}", flush=True)
+    print(format_report(report), flush=True)
+    return report
+
+
+def format_report(report: dict) -> str:
+    ev, ctc = report["eval"], report["ctc"]
+    lines = [f"aligned front-end: {ctc['steps']} CTC steps, {ctc['train_minutes']:.1f} min, "
+             f"{ctc['utterances']} utterances ({ctc['hours']} h)",
+             f"held-out: {ev['n']} {report['eval_set']['questions']} questions, voice {report['eval_set']['voice']}"]
+    if "asr" in ev:
+        lines.append(f"  transcription WER: CTC {ev['asr'].get('ctc_wer', float('nan')):.1%}, "
+                     f"LLM-written {ev['asr']['wer']:.1%}")
+    for t in ("t2t", "s2t", "cascade"):
+        if t in ev:
+            extra = f" (Whisper WER {ev[t]['asr_wer']:.1%})" if t == "cascade" else ""
+            lines.append(f"  {t.upper()} accuracy: {ev[t]['accuracy']:.1%}{extra}")
+    return "\n".join(lines)
+
+
+def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | Path) -> Path:
+    """The aligned SpeechLLM as shipped: fp16 adaptor weights, config and CARD.md (atomic)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from speechkeep.io import atomic_path
+    from speechkeep.models.speech_llm import ADAPTOR_NAME, CONFIG_NAME
+
+    model_dir, to = Path(model_dir), Path(to)
+    report = json.loads(Path(report_path).read_text())
+    with atomic_path(to) as tmp:
+        tmp.mkdir(parents=True)
+        (tmp / CONFIG_NAME).write_text((model_dir / CONFIG_NAME).read_text())
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(model_dir / ADAPTOR_NAME)).items()}
+        save_file(state, str(tmp / ADAPTOR_NAME), metadata={"dtype": "float16"})
+        (tmp / "CARD.md").write_text(render_card(report, n_params=sum(v.numel() for v in state.values() if v.is_floating_point())))
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return to
+
+
+def render_card(report: dict, n_params: int) -> str:
+    ev, ctc, corpus = report["eval"], report["ctc"], report["corpus"]
+    cfg = ctc["config"]
+    ad = cfg["model"]["adaptor"]
+    voices = ", ".join(f"{v} {n}" for v, n in corpus["voices"].items())
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    rows = []
+    if "asr" in ev:
+        rows.append(f"| transcription WER, greedy CTC transcript | {pct(ev['asr']['ctc_wer'])} |")
+        rows.append(f"| transcription WER, the LLM asked \"{ev['asr'].get('instruction', '')}\" | {pct(ev['asr']['wer'])} |")
+    for t, name in (("s2t", "spoken QA accuracy (S2T)"), ("t2t", "text QA accuracy, same questions (T2T)"),
+                    ("cascade", "cascade accuracy (Whisper tiny.en -> LLM)")):
+        if t in ev:
+            rows.append(f"| {name} | {pct(ev[t]['accuracy'])} |")
+    if "cascade" in ev:
+        rows.append(f"| Whisper tiny.en WER (the cascade's transcripts) | {pct(ev['cascade']['asr_wer'])} |")
+    return f"""# Aligned speech front-end: {cfg['model']['llm']} + {cfg['model']['speech_encoder']}
+
+The adaptor of a speechkeep SpeechLLM (frozen Whisper tiny.en encoder -> adaptor -> frozen
+SmolLM2-135M-Instruct), trained so that speech maps to what the LLM reads. Load it with the spec
+`bundled:smollm2-135m+whisper-tiny.en` (e.g. `speechkeep ask --model bundled:smollm2-135m+whisper-tiny.en --audio q.wav`);
+`speechkeep train` starts every strategy from it by default (`init_from=none`: from scratch).
+
+## What it is
+- Adaptor: {ad['stack_frames']} stacked Whisper frames -> Linear -> ReLU (hidden {ad['hidden_size']}) -> Linear -> LLM width, then
+  CTC onto the LLM's own vocabulary: logits = output x the frozen token embeddings of {ad['ctc_vocab_size']} LLM tokens
+  (every token in the corpus transcripts) + a learned blank. The LLM reads one input per token of the
+  greedy CTC path: the posterior-weighted average of the token embeddings (`ctc_emit={ad['ctc_emit']}`).
+- {n_params:,} parameters, stored in fp16 (`adaptor.safetensors`). The LLM and the encoder are not
+  stored: they are the bundled models, referenced by spec in `speechkeep.json`.
+
+## How it was made
+```
+{report['command']}
+```
+- Data: {corpus['utterances']} synthesized utterances, {corpus['hours']} h: the questions of WebQuestions
+  trainmodel + val (each by {corpus['config']['piper_voices_per_text']} piper and {corpus['config']['espeak_voices_per_text']} eSpeak voices) and their distinct
+  reference answers (one piper and one eSpeak voice each); transcripts lower-cased. Voices: {voices}.
+  Held-out voice never used: {report['eval_set']['voice']}.
+- Training: CTC, {ctc['steps']} steps of batch {cfg['batch_size']}, AdamW lr {cfg['lr']} (warmup {cfg['warmup_steps']}, cosine to 10%),
+  {ctc['train_minutes']:.1f} min on {report['machine']}; final CTC loss {ctc['final_loss']}.
+  {ctc['dropped_infeasible']} utterances with more tokens than CTC frames were left out. The final step's weights
+  are shipped (no checkpoint selection on the evaluation set).
+
+## Metrics
+Held-out: the {report['eval_set']['n']} questions of WebQuestions `{report['eval_set']['questions']}` spoken by the held-out
+voice `{report['eval_set']['voice']}`; greedy decoding; WER is corpus WER after Whisper's English normalizer;
+an answer is correct when a reference answer appears in it on word boundaries after normalization.
+
+| metric | value |
+| --- | --- |
+{chr(10).join(rows)}
+
+The per-item predictions are in `eval_results/predictions.jsonl` of the run; `report.json` here holds
+every number above and the full configuration.
+"""
