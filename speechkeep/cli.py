@@ -44,6 +44,11 @@ def cmd_models(args) -> None:
     print("Bundled speech encoders:")
     for m in bundled.BUNDLED_ENCODERS.values():
         print(f"  bundled:{m.name:16s} {m.description}  [pip: {m.pip_package}]")
+    fronts = bundled.shipped_front_ends()
+    if fronts:
+        print("Shipped aligned front-ends (a whole SpeechLLM; `speechkeep train` starts from them by default):")
+        for spec, d in fronts.items():
+            print(f"  {spec}  [{d / 'CARD.md'}]")
     print("Other LLM specs: a .gguf file, a Hugging Face model directory, or a hub id 'org/name'.")
     print("Other encoder specs: a CTranslate2 Whisper directory (model.bin), a HF Whisper directory or id.")
     if args.prepare:
@@ -115,7 +120,7 @@ def cmd_eval(args) -> None:
 
     cfg = EvalConfig(model=args.model, data=args.data, out=args.out, tasks=args.tasks, split=args.split,
                      limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                     baseline=args.baseline)
+                     baseline=args.baseline, ctc_emit=args.ctc_emit)
     metrics = evaluate(cfg)
     print(format_metrics(metrics))
     print(f"wrote {Path(args.out) / 'metrics.json'} and predictions.jsonl")
@@ -200,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N items")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"answer length limit (default {d.max_new_tokens})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"generation batch size (default {d.batch_size})")
+    p.add_argument("--ctc-emit", choices=["soft", "hard"], default=None,
+                   help="CTC-aligned models: what the LLM reads per emitted token (soft: posterior-weighted embeddings, "
+                        "hard: the best token's embedding); default: the model's own")
     p.add_argument("--baseline", default=None,
                    help="metrics.json (or its directory) of a baseline: adds retention A/B, drop B-A, modality gap")
     p.set_defaults(func=cmd_eval)

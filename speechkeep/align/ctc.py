@@ -265,7 +265,7 @@ def train_ctc(cfg: CTCAlignConfig, progress: bool = True) -> dict:
         opt.step()
         sched.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.update()
         train_s = elapsed_before + time.perf_counter() - t_start
         row = {}

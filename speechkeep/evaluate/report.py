@@ -14,7 +14,8 @@ def format_metrics(m: dict) -> str:
             extra = f"   (Whisper WER {100 * m[task]['asr_wer']:.1f}%)" if "asr_wer" in m[task] else ""
             lines.append(f"  {task:8s} accuracy {_pct(m[task]['accuracy'])}%  ({m[task]['correct']}/{m[task]['n']}){extra}")
     if "asr" in m:
-        lines.append(f"  asr      WER {100 * m['asr']['wer']:.1f}%")
+        ctc = f"; the front-end's own CTC transcript {100 * m['asr']['ctc_wer']:.1f}%" if "ctc_wer" in m["asr"] else ""
+        lines.append(f"  asr      WER {100 * m['asr']['wer']:.1f}% (LLM-written){ctc}")
     if "ppl" in m:
         sp = f", speech input {m['ppl']['speech']:.2f}" if "speech" in m["ppl"] else ""
         lines.append(f"  ppl      text input {m['ppl']['text']:.2f}{sp}")

@@ -49,6 +49,8 @@ class EvalConfig:
     """metrics.json of a baseline (e.g. the No-FT model) to compute retention, drop and modality gap against."""
     asr_instruction: str = "Transcribe the audio."
     """Instruction after the speech for the asr task."""
+    ctc_emit: str | None = None
+    """For a CTC-aligned adaptor: override what the LLM reads per emitted token ('soft' posterior-weighted embeddings or 'hard' best-token embeddings); None keeps the model's."""
     asr_max_new_tokens: int = 64
     """Transcript length limit (asr task and the cascade's Whisper)."""
 
@@ -168,6 +170,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     items, has_audio = load_eval_items(cfg.data, cfg.split, cfg.limit)
     model, speech_trained = load_speech_llm(cfg.model)
     model.eval()
+    if cfg.ctc_emit is not None:
+        if not getattr(model.adaptor, "is_ctc", False):
+            raise SpeechkeepError(f"ctc_emit={cfg.ctc_emit!r} needs a CTC-aligned adaptor; {cfg.model} has none")
+        if cfg.ctc_emit not in ("soft", "hard"):
+            raise SpeechkeepError(f"ctc_emit must be 'soft' or 'hard', got {cfg.ctc_emit!r}")
+        model.adaptor.config.ctc_emit = cfg.ctc_emit
     skipped = {}
     for t in list(tasks):
         if t not in TEXT_TASKS and not has_audio:

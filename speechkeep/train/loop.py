@@ -57,6 +57,12 @@ def build_model(cfg: TrainConfig) -> SpeechLLM:
     init = resolve_init(cfg)
     if init is None:
         return SpeechLLM.build(cfg.model, seed=cfg.seed)
+    from speechkeep.models.speech_llm import SpeechLLMConfig
+
+    fresh = SpeechLLMConfig(llm=cfg.model.llm, speech_encoder=cfg.model.speech_encoder)
+    if cfg.model != fresh:
+        log.warning("starting from %s: its own adaptor, encode_mode and system prompt are used and the model.* settings "
+                    "other than llm/speech_encoder are ignored; set init_from=none to build a fresh adaptor", init)
     model, trained = load_speech_llm(init)
     if not trained:
         raise ConfigError(f"init_from={cfg.init_from!r} is not a saved SpeechLLM (no trained adaptor to start from)")
