@@ -117,12 +117,22 @@ def run_align(cfg: AlignConfig, progress: bool = True) -> dict:
         "ctc": summary, "eval": metrics, "eval_set": {"questions": cfg.eval_questions, "voice": cfg.eval_voice,
                                                       "n": metrics["n"]},
     }
+    report["ctc_curve"] = wer_curve(Path(cfg.ctc.out) / "metrics.csv")
     write_json(Path(cfg.out) / "report.json", report)
     if cfg.export_to:
         export_checkpoint(model_dir, Path(cfg.out) / "report.json", cfg.export_to)
         print(f"[align] exported the aligned front-end to {cfg.export_to}", flush=True)
     print(format_report(report), flush=True)
     return report
+
+
+def wer_curve(metrics_csv: str | Path) -> list[dict]:
+    """[{step, minutes, eval_wer}] of the evaluations logged in a CTC run's metrics.csv."""
+    import csv
+
+    with open(metrics_csv, newline="") as f:
+        return [{"step": int(r["step"]), "minutes": round(float(r["train_seconds"]) / 60, 1),
+                 "eval_wer": float(r["eval_wer"])} for r in csv.DictReader(f) if r.get("eval_wer")]
 
 
 def format_report(report: dict) -> str:
@@ -176,6 +186,9 @@ def render_card(report: dict, n_params: int) -> str:
             rows.append(f"| {name} | {pct(ev[t]['accuracy'])} |")
     if "cascade" in ev:
         rows.append(f"| Whisper tiny.en WER (the cascade's transcripts) | {pct(ev['cascade']['asr_wer'])} |")
+    curve = report.get("ctc_curve") or []
+    curve = ("| step | minutes | WER |\n| --- | --- | --- |\n"
+             + "\n".join(f"| {c['step']} | {c['minutes']} | {pct(c['eval_wer'])} |" for c in curve)) if curve else "(not logged)"
     return f"""# Aligned speech front-end: {cfg['model']['llm']} + {cfg['model']['speech_encoder']}
 
 The adaptor of a speechkeep SpeechLLM (frozen Whisper tiny.en encoder -> adaptor -> frozen
@@ -212,6 +225,14 @@ an answer is correct when a reference answer appears in it on word boundaries af
 | metric | value |
 | --- | --- |
 {chr(10).join(rows)}
+
+Greedy-CTC WER on the same held-out set during training (monitoring only):
+{curve}
+
+The LLM-written transcript is bad because SmolLM2-135M-Instruct does not copy text on request (given the
+text question itself and the same instruction, it answers or paraphrases it instead); the CTC transcript
+is the front-end's own transcription. The S2T answers come from the LLM reading the posterior-weighted
+token embeddings, with the LLM frozen: text ability is untouched by construction (T2T = the base LLM's).
 
 The per-item predictions are in `eval_results/predictions.jsonl` of the run; `report.json` here holds
 every number above and the full configuration.

@@ -1,0 +1,75 @@
+"""`speechkeep align` end to end on tiny models (real TTS, few utterances) and the export format."""
+
+import json
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def tiny_align_cfg(tmp_path, tiny_llm_dir, tiny_whisper_dir):
+    from speechkeep.align.recipe import AlignConfig
+    from speechkeep.config import load_config
+
+    return load_config(AlignConfig, None, [
+        f"out={tmp_path / 'align'}", "corpus.max_texts=3", "corpus.piper_voices_per_text=1",
+        "corpus.espeak_voices_per_text=1", "corpus.workers=1", f"ctc.model.llm={tiny_llm_dir}",
+        f"ctc.model.speech_encoder={tiny_whisper_dir}", "ctc.model.adaptor.hidden_size=16", "ctc.batch_size=4",
+        "ctc.max_steps=3", "ctc.warmup_steps=1", "ctc.eval_every=2", "ctc.save_every=2", "n_eval=2",
+        "eval_voice=espeak-us-f2", "eval_tasks=[s2t, asr]", f"export_to={tmp_path / 'ship'}", "command=speechkeep align (test)",
+    ])
+
+
+def test_align_recipe_end_to_end_resumes_and_exports(tiny_align_cfg, tmp_path, capsys):
+    from speechkeep.align.recipe import run_align
+    from speechkeep.models.speech_llm import SpeechLLM
+
+    report = run_align(tiny_align_cfg, progress=False)
+    assert report["finished"] and report["ctc"]["steps"] == 3
+    assert "ctc_wer" in report["eval"]["asr"] and "s2t" in report["eval"]
+    corpus = report["corpus"]
+    assert "espeak-us-f2" not in corpus["voices"] and "piper-joe-high" not in corpus["voices"]  # held out
+    rows = (tmp_path / "align" / "ctc" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss") and any(r.rstrip().split(",")[-1] for r in rows[1:])  # a WER logged
+
+    ship = tmp_path / "ship"
+    card = (ship / "CARD.md").read_text()
+    assert "speechkeep align (test)" in card and f"{100 * report['eval']['asr']['ctc_wer']:.1f}%" in card
+    from safetensors.torch import load_file
+
+    weights = load_file(str(ship / "adaptor.safetensors"))
+    assert all(v.dtype in (torch.float16, torch.int64) for v in weights.values())
+    m = SpeechLLM.from_pretrained(ship)
+    full = SpeechLLM.from_pretrained(tmp_path / "align" / "ctc" / "model")
+    assert torch.equal(m.adaptor.ctc_vocab, full.adaptor.ctc_vocab)
+    torch.testing.assert_close(m.adaptor.proj[0].weight, full.adaptor.proj[0].weight, atol=1e-3, rtol=1e-2)
+
+    capsys.readouterr()
+    run_align(tiny_align_cfg, progress=False)  # everything is reused
+    out = capsys.readouterr().out
+    assert "finished earlier (3 steps)" in out
+
+
+def test_ctc_stage_resumes_after_interruption(tiny_align_cfg, tmp_path):
+    from speechkeep.align.ctc import train_ctc
+    from speechkeep.align.recipe import _filled
+    from speechkeep.align.corpus import build_align_corpus
+
+    cfg = _filled(tiny_align_cfg)
+    build_align_corpus(cfg.corpus, progress=False)
+    cfg.ctc.eval_manifest = None
+    cfg.ctc.max_steps = 4
+    cfg.ctc.max_minutes = 0.0  # stop after the first step, with a checkpoint
+    first = train_ctc(cfg.ctc, progress=False)
+    assert first["steps"] == 1 and first["stop_reason"] == "max_minutes"
+    cfg.ctc.max_minutes = None
+    resumed = train_ctc(cfg.ctc, progress=False)
+    cfg.ctc.out = str(tmp_path / "straight")
+    straight = train_ctc(cfg.ctc, progress=False)
+    assert resumed["steps"] == straight["steps"] == 4
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp_path / "align" / "ctc" / "model" / "adaptor.safetensors"))
+    wb = load_file(str(tmp_path / "straight" / "model" / "adaptor.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k])
