@@ -152,12 +152,26 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             f"unknown config key '{prefix}{unknown[0]}'; valid keys"
             f"{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}"
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for k, v in data.items():
+        # A partial mapping for a nested config updates that field's own default (its default_factory,
+        # e.g. AlignConfig.ctc.model's CTC adaptor), not the nested class's plain defaults.
+        default = _field_default(fields[k])
+        if isinstance(v, dict) and dataclasses.is_dataclass(default):
+            v = _deep_merge(config_to_dict(default), v)
+        kwargs[k] = _coerce(v, hints[k], prefix + k)
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
     return obj
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def test_ctc_loss_learns_a_toy_mapping():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.2 * first
+    assert loss.item() < 0.2 * first
     decoded = a.ctc_decode([utter(s) for s in seqs], emb)
     assert decoded == [[a.ctc_vocab[x - 1].item() for x in s] for s in seqs]
 

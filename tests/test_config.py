@@ -90,3 +90,14 @@ def test_corpus_wer_is_token_weighted_and_normalized():
     assert corpus_wer(["Hello, World!"], ["hello world"]) == 0.0
     # 1 error over 1+4 words, not the mean of per-utterance WERs (0.5)
     assert corpus_wer(["cat", "red green blue sky"], ["dog", "red green blue sky"]) == pytest.approx(1 / 5)
+
+
+def test_partial_nested_override_keeps_the_fields_own_default():
+    """`ctc.model.llm=...` must keep AlignConfig's CTC adaptor default, not reset it to AdaptorConfig()."""
+    from speechkeep.align.recipe import AlignConfig
+    from speechkeep.config import load_config
+
+    cfg = load_config(AlignConfig, None, ["ctc.model.llm=bundled:gemma3-270m", "ctc.model.adaptor.hidden_size=64"])
+    assert cfg.ctc.model.llm == "bundled:gemma3-270m"
+    assert cfg.ctc.model.adaptor.output == "ctc" and cfg.ctc.model.adaptor.hidden_size == 64
+    assert cfg.ctc.model.encode_mode == "variable" and cfg.ctc.batch_size == 32
