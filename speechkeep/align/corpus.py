@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,11 +78,13 @@ def plan_corpus(cfg: AlignCorpusConfig, sources: list[Path]) -> list[tuple[str, 
     piper = [v for v, s in VOICES.items() if s.engine == "piper" and v not in held]
     espeak = [v for v, s in VOICES.items() if s.engine == "espeak" and v not in held]
     questions: dict[str, str] = {}
+    seen: set[str] = set()
     answers: dict[str, str] = {}
     for src in sources:
         for it in read_questions(src).items:
             text = normalize_transcript(it.text)
-            if text and text not in questions.values():
+            if text and text not in seen:
+                seen.add(text)
                 questions[_ID_SAFE.sub("_", it.id)] = text
             for a in it.answers:
                 a = normalize_transcript(a)
@@ -103,6 +106,7 @@ def plan_corpus(cfg: AlignCorpusConfig, sources: list[Path]) -> list[tuple[str, 
 def build_align_corpus(cfg: AlignCorpusConfig, progress: bool = True) -> Path:
     """Synthesize (resumably), cache features, write the manifest; return the manifest path."""
     from speechkeep.audio import MAX_SECONDS, TARGET_SR
+    from speechkeep.config import config_to_dict
     from speechkeep.data.manifest import MANIFEST_NAME, ManifestRow, write_manifest
     from speechkeep.data.tts import synthesize_many
     from speechkeep.io import write_json
@@ -135,9 +139,6 @@ def build_align_corpus(cfg: AlignCorpusConfig, progress: bool = True) -> Path:
             [r.audio for r in rows])
     t_feat = time.perf_counter() - t1
     manifest = write_manifest(out / MANIFEST_NAME, rows)
-    from collections import Counter
-
-    from speechkeep.config import config_to_dict
 
     write_json(out / "build_info.json", {
         "config": config_to_dict(cfg), "sources": [str(s) for s in sources], "utterances": len(rows),

@@ -17,7 +17,6 @@ The result, ``<out>/model``, is a SpeechLLM directory (the LLM referenced by its
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import random
@@ -182,14 +181,17 @@ def train_ctc(cfg: CTCAlignConfig, progress: bool = True) -> dict:
         raise DataError(f"{cfg.manifest}: no utterances")
     feats_dir = Path(cfg.features_dir) if cfg.features_dir else Path(cfg.manifest).parent / "features"
 
+    from speechkeep.config import config_to_dict
     from speechkeep.models.llm import load_llm
+    from speechkeep.models.speech_encoder import load_speech_encoder
 
-    tok = load_llm(cfg.model.llm).tokenizer
+    loaded = load_llm(cfg.model.llm)  # loaded once: its tokenizer sizes the CTC vocabulary, then it is the model's LLM
+    tok = loaded.tokenizer
     all_ids = [tok(r.text, add_special_tokens=False)["input_ids"] for r in rows]
     vocab = ctc_vocabulary(all_ids)
     index = {int(t): i + 1 for i, t in enumerate(vocab.tolist())}
     cfg.model.adaptor.ctc_vocab_size = len(vocab)
-    model = SpeechLLM.build(cfg.model, seed=cfg.seed)
+    model = SpeechLLM.from_parts(loaded.model, tok, load_speech_encoder(cfg.model.speech_encoder), cfg.model, seed=cfg.seed)
     model.adaptor.ctc_vocab.copy_(vocab)
     model.llm.eval()
     adaptor = model.adaptor
@@ -198,7 +200,6 @@ def train_ctc(cfg: CTCAlignConfig, progress: bool = True) -> dict:
 
     t0 = time.perf_counter()
     feats = load_features(rows, feats_dir, cfg.model.speech_encoder, progress)
-    k = cfg.model.adaptor.stack_frames
     keep = [i for i in range(len(rows)) if ctc_feasible(adaptor.num_tokens(feats[i].shape[0]), all_ids[i])]
     dropped = len(rows) - len(keep)
     feats = [feats[i] for i in keep]
@@ -293,7 +294,7 @@ def train_ctc(cfg: CTCAlignConfig, progress: bool = True) -> dict:
         "hours": round(sum(rows[i].duration for i in keep) / 3600, 2),
         "ctc_vocab_size": len(vocab), "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
         **(evaluate() if eval_rows and not last else last),
-        "config": json.loads(json.dumps(cfg, default=lambda o: o.__dict__)),
+        "config": config_to_dict(cfg),
     }
     write_json(out / "summary.json", summary)
     return summary

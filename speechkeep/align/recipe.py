@@ -15,6 +15,7 @@ finished model.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shlex
 import sys
@@ -84,6 +85,8 @@ def run_align(cfg: AlignConfig, progress: bool = True) -> dict:
     from speechkeep.align.corpus import build_align_corpus
     from speechkeep.align.ctc import train_ctc
     from speechkeep.evaluate.run import EvalConfig, evaluate
+    import torch
+
     from speechkeep.io import write_json
 
     cfg = _filled(cfg)
@@ -111,7 +114,7 @@ def run_align(cfg: AlignConfig, progress: bool = True) -> dict:
                                   tasks=list(cfg.eval_tasks)))
     report = {
         "command": command, "finished": True,
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, torch {__import__('torch').__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "corpus": json.loads((Path(cfg.corpus.out) / "build_info.json").read_text()),
         "corpus_seconds": round(t_corpus, 1),
         "ctc": summary, "eval": metrics, "eval_set": {"questions": cfg.eval_questions, "voice": cfg.eval_voice,

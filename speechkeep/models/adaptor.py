@@ -111,8 +111,8 @@ class FrameStackAdaptor(nn.Module):
 
     @staticmethod
     def greedy_runs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy CTC path of (n, 1+V) logits: (frame indices of emitted tokens' runs as a run id per
-        frame, -1 for blank frames; the emitted CTC labels, one per run)."""
+        """Greedy CTC path of (n, 1+V) logits -> (run id of each frame: the index of the emitted token it
+        belongs to, -1 for blank frames; the emitted CTC labels, one per run of equal non-blank labels)."""
         best = logits.argmax(-1)
         prev = torch.cat([best.new_full((1,), -1), best[:-1]])
         starts = (best != 0) & (best != prev)

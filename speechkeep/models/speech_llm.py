@@ -175,7 +175,8 @@ class SpeechLLM(nn.Module):
         frames = self.encode_speech(queries)
         speech_idx = [i for i, f in enumerate(frames) if f is not None]
         speech_embeds = dict(zip(speech_idx, self.adaptor([frames[i].to(self.device) for i in speech_idx],
-                                                          token_embedding=self.llm.get_input_embeddings())))
+                                                          token_embedding=self.llm.get_input_embeddings()))) \
+            if speech_idx else {}
 
         segments: list[list] = []  # per query: [ids | tensor] pieces
         label_masks: list[list[bool]] = []
