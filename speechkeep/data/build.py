@@ -85,9 +85,9 @@ class DataBuildConfig:
     encode_mode: Literal["padded", "variable"] = "padded"
     """Feature cache encoding: 'padded' to Whisper's 30-s window (Whisper's own) or 'variable' (only the real frames, faster)."""
     deterministic_tts: bool = False
-    """Run piper noise-free so audio is a pure function of (text, voice) (flatter prosody)."""
+    """Run piper noise-free (flatter prosody). Audio is reproducible either way: by default piper's natural noise is seeded per utterance from (text, voice, seed)."""
     seed: int = 0
-    """Salt of the voice assignment: another seed gives another (still deterministic) voice per item."""
+    """Seed of the voice assignment and of piper's noise: another seed gives another voice per item and other renditions (each still reproducible, bit-identical on the same machine)."""
     progress: bool = True
     """Show progress bars (rate and ETA)."""
 
@@ -184,7 +184,7 @@ def _voice_pools(cfg: DataBuildConfig) -> tuple[list[str], list[str]]:
 
 
 def _plan(items, cfg: DataBuildConfig, out: Path) -> list[_Planned]:
-    from speechkeep.data.tts import VOICES, assign_voice
+    from speechkeep.data.tts import TTS_VERSION, VOICES, assign_voice
 
     pool, held = _voice_pools(cfg)
     plans = []
@@ -213,7 +213,7 @@ def _plan(items, cfg: DataBuildConfig, out: Path) -> list[_Planned]:
                 split = cfg.split
                 voice = assign_voice(salt, held if split == cfg.eval_split and held else pool)
             params = json.dumps([it.text, voice, VOICES[voice].engine, VOICES[voice].params,
-                                 cfg.deterministic_tts], sort_keys=True, ensure_ascii=False)
+                                 cfg.deterministic_tts, cfg.seed, TTS_VERSION], sort_keys=True, ensure_ascii=False)
             fp = "tts:" + hashlib.sha1(params.encode("utf-8")).hexdigest()
         plans.append(_Planned(it, stem, voice, split, out / "audio" / voice / f"{stem}.wav", fp))
     return plans
@@ -322,7 +322,8 @@ def build_dataset(cfg: DataBuildConfig) -> BuildReport:
     counts["audio_reused"] += len(tts) - todo
     if tts:
         results = synthesize_many([(pl.stem, pl.item.text, pl.voice) for pl in tts], out / "audio",
-                                  workers=cfg.workers, deterministic=cfg.deterministic_tts, progress=cfg.progress)
+                                  workers=cfg.workers, deterministic=cfg.deterministic_tts, progress=cfg.progress,
+                                  seed=cfg.seed)
         for pl, (path, seconds) in zip(tts, results):
             pl.duration = seconds
     timings["tts"] = time.perf_counter() - t
