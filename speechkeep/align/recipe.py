@@ -38,7 +38,7 @@ class AlignConfig:
     ctc: CTCAlignConfig = field(default_factory=lambda: CTCAlignConfig(manifest="", out=""))
     """The CTC stage (manifest and out empty: the corpus and <out>/ctc)."""
     webquestions: str | None = None
-    """Directory with devtest.json; None: ../shared/data/webquestions."""
+    """Directory with the eval_questions file; None: $SPEECHKEEP_WEBQUESTIONS, else the copy shipped in the package."""
     eval_questions: str = "devtest.json"
     """Held-out questions file (inside webquestions) spoken for evaluation."""
     n_eval: int | None = None
@@ -67,14 +67,13 @@ def _filled(cfg: AlignConfig) -> AlignConfig:
 def build_eval_set(cfg: AlignConfig, progress: bool = True) -> Path:
     """Held-out questions spoken by the held-out voice, variable-length features cached."""
     from speechkeep.data.build import DataBuildConfig, build_dataset
-    from speechkeep.recipes.demo import default_webquestions_dir
+    from speechkeep.data.webquestions import webquestions_file
 
-    wq = Path(cfg.webquestions) if cfg.webquestions else default_webquestions_dir()
     out = Path(cfg.out) / "eval"
     if (out / "manifest.jsonl").is_file():
         return out / "manifest.jsonl"
     rep = build_dataset(DataBuildConfig(
-        questions=str(wq / cfg.eval_questions), out=str(out), limit=cfg.n_eval, voices=[cfg.eval_voice],
+        questions=str(webquestions_file(cfg.eval_questions, cfg.webquestions)), out=str(out), limit=cfg.n_eval, voices=[cfg.eval_voice],
         split="eval", features=True, speech_encoder=cfg.ctc.model.speech_encoder, encode_mode="variable",
         deterministic_tts=True, progress=progress))
     return rep.manifest

@@ -51,7 +51,7 @@ class DataBuildConfig:
     """Options of ``speechkeep data build``."""
 
     questions: str = ""
-    """Input questions: a WebQuestions-style JSON array ({qId, qText, answers}), a JSONL file ({id, text, [answers], [response], [audio]} per line) or a datasets directory (save_to_disk; an audio column there means no TTS)."""
+    """Input questions: a WebQuestions-style JSON array ({qId, qText, answers}), a JSONL file ({id, text, [answers], [response], [audio]} per line), a datasets directory (save_to_disk; an audio column there means no TTS), or webquestions:SPLIT for a WebQuestions split shipped with the package (trainmodel, val, devtest, heldout)."""
     out: str = ""
     """Output directory: manifest.jsonl, audio/<voice>/<id>.wav, build_info.json, caches."""
     limit: int | None = None
