@@ -135,6 +135,8 @@ def cmd_ask(args) -> None:
             raise UsageError("--text: the question is empty")
     from speechkeep.models.speech_llm import load_speech_llm
 
+    for a in args.audio or []:
+        _existing(a, "--audio", "file")
     audios = [load_audio(a) for a in args.audio or []]  # fail on bad audio before loading models
     for a, path in zip(audios, args.audio or []):
         check_duration(a, TARGET_SR, path, max_seconds=MAX_SECONDS)
@@ -300,7 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # key=value overrides after an option (`build --out DIR adaptor.stack_frames=8`) are overrides too
+        if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.verbose:
         from transformers.utils import logging as hf_logging
 

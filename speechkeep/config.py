@@ -70,17 +70,28 @@ class Range:
                     or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt))
 
     def check(self, value: Any, key: str) -> None:
-        """Raise :class:`RangeError` naming ``key`` unless ``value`` is None or in range."""
+        """Raise :class:`RangeError` naming ``key`` unless ``value`` is None or in range (for a mapping
+        or a list: each of its values, named ``key.name`` / ``key[i]``)."""
+        if isinstance(value, dict):
+            for k, v in value.items():
+                self.check(v, f"{key}.{k}")
+            return
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                self.check(v, f"{key}[{i}]")
+            return
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return
         if not self.ok(value):
             raise RangeError(key, value, self.describe())
 
 
-def ranged(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
-           le: float | None = None, lt: float | None = None) -> Any:
-    """A dataclass field with an allowed range (None is always allowed for an optional field)."""
-    return dataclasses.field(default=default, metadata={"range": Range(ge=ge, gt=gt, le=le, lt=lt)})
+def ranged(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+           ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with an allowed range (None is always allowed for an optional field; for a
+    mapping or list of numbers the range applies to each value)."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"range": Range(ge=ge, gt=gt, le=le, lt=lt)})
 
 
 def field_range(cls: type, name: str) -> Range | None:
@@ -354,6 +365,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         data = _deep_merge(data, parse_overrides(overrides))
     try:
         return config_from_dict(cls, data)
+    except RangeError as e:
+        if path is not None:
+            raise RangeError(f"{path}: {e.key}", e.value, e.allowed) from None
+        raise
     except ConfigError as e:
         if path is not None:
             raise ConfigError(f"{path}: {e}") from None

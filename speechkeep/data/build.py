@@ -176,16 +176,16 @@ def _voice_pools(cfg: DataBuildConfig) -> tuple[list[str], list[str]]:
 
     for name in [*cfg.voices, *cfg.eval_voices]:
         if name not in VOICES:
-            raise DataError(f"unknown voice {name!r}; valid voices: {', '.join(VOICES)}")
+            raise UsageError(f"unknown voice {name!r}; valid voices: {', '.join(VOICES)}")
     both = sorted(set(cfg.voices) & set(cfg.eval_voices))
     if both:
-        raise DataError(f"voice(s) {', '.join(both)} given both as voices and as held-out eval voices")
+        raise UsageError(f"voice(s) {', '.join(both)} given both as voices and as held-out eval voices")
     held = list(dict.fromkeys(cfg.eval_voices))
     pool = list(dict.fromkeys(cfg.voices)) or [v for v in VOICES if v not in held]
     if not pool:
-        raise DataError("no voices left for the non-evaluation items (every voice is held out)")
+        raise UsageError("no voices left for the non-evaluation items (every voice is held out)")
     if cfg.split_by_voice and not held:
-        raise DataError("split_by_voice needs held-out eval voices (--eval-voices)")
+        raise UsageError("split_by_voice needs held-out eval voices (--eval-voices)")
     return pool, held
 
 
@@ -227,9 +227,18 @@ def _plan(items, cfg: DataBuildConfig, out: Path) -> list[_Planned]:
 
 def _import_audio(pl: _Planned) -> float:
     """Convert supplied audio to 16-kHz mono WAV at ``pl.path``; return its duration (DataError if bad)."""
+    from speechkeep.audio import TARGET_SR, save_wav
+
+    audio = _decode_supplied(pl)
+    save_wav(pl.path, audio, TARGET_SR)
+    return len(audio) / TARGET_SR
+
+
+def _decode_supplied(pl: _Planned):
+    """The supplied audio of ``pl`` as 16-kHz mono float32 (DataError if bad or too long)."""
     import soundfile as sf
 
-    from speechkeep.audio import MAX_SECONDS, TARGET_SR, check_duration, load_audio, save_wav, to_mono_16k
+    from speechkeep.audio import MAX_SECONDS, TARGET_SR, check_duration, load_audio, to_mono_16k
 
     it = pl.item
     if it.audio_bytes is not None:
@@ -245,8 +254,7 @@ def _import_audio(pl: _Planned) -> float:
         audio = load_audio(it.audio_path)
         src = it.audio_path
     check_duration(audio, TARGET_SR, src, max_seconds=MAX_SECONDS)
-    save_wav(pl.path, audio, TARGET_SR)
-    return len(audio) / TARGET_SR
+    return audio
 
 
 def _wav_seconds(path: Path) -> float:
@@ -281,11 +289,33 @@ def build_dataset(cfg: DataBuildConfig) -> BuildReport:
         resolve_encoder_dir(cfg.speech_encoder)
     t_start = time.perf_counter()
     read = read_questions(cfg.questions, skip_bad=cfg.skip_bad)
+    items = read.items[: cfg.limit] if cfg.limit else read.items
+    plans = _plan(items, cfg, out)
+    plans, bad_audio = _precheck_supplied_audio(plans, cfg)
     with guard:
-        return _build_into(cfg, out, read, t_start)
+        return _build_into(cfg, out, read, plans, bad_audio, t_start)
 
 
-def _build_into(cfg: DataBuildConfig, out: Path, read, t_start: float) -> BuildReport:
+def _precheck_supplied_audio(plans: list[_Planned], cfg: DataBuildConfig) -> tuple[list[_Planned], list[dict]]:
+    """Decode every supplied audio file not converted yet, before the output directory is created:
+    a bad file fails the build (or, with skip_bad, is skipped) before anything is written."""
+    kept, skipped = [], []
+    for pl in plans:
+        if pl.item.has_audio and not pl.path.exists():
+            try:
+                _decode_supplied(pl)
+            except DataError as e:
+                msg = f"id {pl.item.id!r}: {e}"
+                if not cfg.skip_bad:
+                    raise DataError(f"{pl.item.where}: {msg}") from None
+                skipped.append({"source": pl.item.source, "line": pl.item.line, "reason": msg})
+                continue
+        kept.append(pl)
+    return kept, skipped
+
+
+def _build_into(cfg: DataBuildConfig, out: Path, read, plans: list[_Planned], bad_audio: list[dict],
+                t_start: float) -> BuildReport:
     from speechkeep.audio import MAX_SECONDS, TARGET_SR
     from speechkeep.config import config_to_dict
     from speechkeep.data.manifest import MANIFEST_NAME, ManifestRow, write_manifest
@@ -295,11 +325,9 @@ def _build_into(cfg: DataBuildConfig, out: Path, read, t_start: float) -> BuildR
     counts: dict[str, int] = {}
     t = t_start
 
-    # 1. questions (read by the caller, before the output directory was created)
-    skipped = [{"source": read.path, "line": n, "reason": r} for n, r in read.skipped]
-    items = read.items[: cfg.limit] if cfg.limit else read.items
+    # 1. questions (read and planned by the caller, before the output directory was created)
+    skipped = [{"source": read.path, "line": n, "reason": r} for n, r in read.skipped] + bad_audio
     counts["questions_read"] = len(read.items)
-    plans = _plan(items, cfg, out)
     timings["read"] = time.perf_counter() - t
 
     # Audio written by an earlier run for other text/voice settings is stale: redo it.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from speechkeep.config import Checked, Range, ranged
+from speechkeep.config import Checked, ranged
 from speechkeep.errors import RangeError
 from speechkeep.models.speech_llm import SpeechLLMConfig
 from speechkeep.strategies.layer_lr import LayerLRSettings
@@ -42,7 +42,7 @@ class DataConfig(Checked):
 
     train: str = ""
     """Training manifest (manifest.jsonl written by `speechkeep data build`)."""
-    tasks: dict[str, float] = field(default_factory=lambda: {"qa": 1.0})
+    tasks: dict[str, float] = ranged(default_factory=lambda: {"qa": 1.0}, ge=0)
     """Task mixture, task -> weight (share of the manifest per epoch): 'qa' (spoken question -> teacher
     response), 'asr' (speech -> transcript), 't2t' (text question -> teacher response)."""
     asr_instruction: str = "Transcribe the audio."
@@ -61,9 +61,6 @@ class DataConfig(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        weight = Range(ge=0)
-        for task, w in self.tasks.items():
-            weight.check(w, f"tasks.{task}")
         if self.tasks and not any(w > 0 for w in self.tasks.values()):
             raise RangeError("tasks", self.tasks, "a mixture with at least one weight > 0")
 
