@@ -15,7 +15,7 @@ from speechkeep.data.build import DataBuildConfig, _plan, build_dataset, file_st
 from speechkeep.data.cli import main as cli_main
 from speechkeep.data.manifest import read_manifest
 from speechkeep.data.questions import QuestionItem
-from speechkeep.errors import ConfigError, DataError
+from speechkeep.errors import ConfigError, DataError, UsageError
 
 WEBQ = Path(__file__).resolve().parents[2] / "shared" / "data" / "webquestions" / "devtest.json"
 VOICES = ["piper-joe", "espeak-us-f2"]
@@ -139,7 +139,7 @@ def test_voice_and_split_assignment(tmp_path):
         (dict(voices=VOICES, eval_voices=["piper-joe"]), "both as voices and as held-out"),
         (dict(split_by_voice=True), "needs held-out eval voices"),
     ]:
-        with pytest.raises(DataError, match=msg):
+        with pytest.raises(UsageError, match=msg):  # options, not data: exit code 2
             _plan(items, DataBuildConfig(**base, **bad), tmp_path)
     assert file_stem("wqr000000") == "wqr000000"
     assert file_stem("a b/../c") != file_stem("a b/../d") and "/" not in file_stem("a b/../c")
