@@ -328,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("speechkeep: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the environment (disk full, permissions), not the input: one line, -v for the traceback
+        if args.verbose:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"speechkeep: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     return 0
 
 

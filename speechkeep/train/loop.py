@@ -173,8 +173,8 @@ def train(cfg: TrainConfig, rows: Sequence | None = None,
     The config, the output directory, the model specs and the training data are checked before the
     model is loaded; a run that fails leaves nothing behind unless it has a checkpoint to resume from."""
     out = Path(cfg.output_dir)
-    guard = OutputDir(out, "train", overwrite=cfg.overwrite, key="output_dir", keep=_keep_run,
-                      inputs=[cfg.data.train] if rows is None else [])
+    inputs = [cfg.data.train if rows is None else None, cfg.init_from, cfg.layer_lr.importance, cfg.data.features_dir]
+    guard = OutputDir(out, "train", overwrite=cfg.overwrite, key="output_dir", keep=_keep_run, inputs=inputs)
     guard.check()
     _check_before_start(cfg, out)
     if rows is None:
