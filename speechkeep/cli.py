@@ -123,10 +123,8 @@ def cmd_build(args) -> None:
 
 
 def cmd_ask(args) -> None:
-    from speechkeep.audio import load_audio
+    from speechkeep.audio import MAX_SECONDS, TARGET_SR, check_duration, load_audio
     from speechkeep.models.speech_llm import Query
-
-    from speechkeep.audio import MAX_SECONDS, TARGET_SR, check_duration
 
     if not args.text and not args.audio:
         raise UsageError("give --text and/or --audio")

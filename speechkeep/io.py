@@ -49,6 +49,9 @@ def atomic_path(path: str | os.PathLike, own_names: Iterable[str] | None = None)
     path = Path(path)
     if not path.name or path.name in (".", ".."):
         raise OutputError(f"refusing to replace {str(path)!r}: give a named file or directory")
+    reason = protected_reason(path) if path.is_dir() else None
+    if reason:  # fail before the work, not after it
+        raise OutputError(f"refusing to replace the directory {path}: it is {reason}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
