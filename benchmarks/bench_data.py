@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_QUESTIONS = REPO.parent / "shared" / "data" / "webquestions" / "devtest.json"
+DEFAULT_QUESTIONS = "webquestions:devtest"
 
 
 def bench_tts(texts: list[str]) -> dict:

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m benchmarks.bench_tts [--n 20] [--data ../shared/data/webquestions/devtest.json]
+    python -m benchmarks.bench_tts [--n 20] [--data webquestions:devtest]
 
 For each engine (piper, espeak) the first ``--n`` questions are spoken, each with a voice of that
 engine picked by :func:`~speechkeep.data.tts.assign_voice`, in two set-ups:
@@ -19,22 +19,21 @@ RTF (real-time factor) = processing seconds / seconds of audio produced; lower i
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 from speechkeep.data.tts import VOICES, Synthesizer, assign_voice, synthesize_many
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "webquestions" / "devtest.json"
+DEFAULT_DATA = "webquestions:devtest"
 TARGET_SR = 16000
 
 
-def load_questions(path: Path, n: int) -> list[tuple[str, str]]:
-    """The first ``n`` (qId, qText) pairs of a WebQuestions JSON array."""
-    rows = json.loads(path.read_text())
-    return [(row["qId"], row["qText"]) for row in rows[:n]]
+def load_questions(path: str, n: int) -> list[tuple[str, str]]:
+    """The first ``n`` (id, text) pairs of a question file (or webquestions:SPLIT)."""
+    from speechkeep.data.questions import read_questions
+
+    return [(q.id, q.text) for q in read_questions(path).items[:n]]
 
 
 def bench_single_process(questions: list[tuple[str, str]], voices: list[str]) -> dict[str, float]:
@@ -68,7 +67,7 @@ def bench_two_workers(questions: list[tuple[str, str]], voices: list[str]) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="WebQuestions-style JSON array")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="questions: WebQuestions-style JSON, JSONL, or webquestions:SPLIT")
     parser.add_argument("--n", type=int, default=20, help="number of questions per engine")
     args = parser.parse_args()
 

@@ -22,11 +22,11 @@ def main() -> None:
     from speechkeep.metrics import corpus_wer
     from speechkeep.models.llm import load_llm
     from speechkeep.models.speech_llm import Query, SpeechLLM, SpeechLLMConfig
-    from speechkeep.recipes.demo import default_webquestions_dir
+    from speechkeep.data.webquestions import webquestions_file
 
     loaded = load_llm(args.llm)
     model = SpeechLLM(loaded.model, loaded.tokenizer, None, None, SpeechLLMConfig(llm=args.llm))  # text only
-    qs = [d["qText"] for d in json.loads((default_webquestions_dir() / "trainmodel.json").read_text())[: args.n]]
+    qs = [d["qText"] for d in json.loads(webquestions_file("trainmodel").read_text())[: args.n]]
     prompts = {"<question>\\nTranscribe the audio.": lambda q: f"{q}\nTranscribe the audio.",
                "Repeat this text exactly:\\n<question>": lambda q: f"Repeat this text exactly:\n{q}",
                "Copy the following sentence:\\n<question>": lambda q: f"Copy the following sentence:\n{q}"}

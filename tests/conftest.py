@@ -13,7 +13,6 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
-WEBQ = REPO.parent / "shared" / "data" / "webquestions"
 
 
 @pytest.fixture(scope="session")

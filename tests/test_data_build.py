@@ -17,17 +17,12 @@ from speechkeep.data.manifest import read_manifest
 from speechkeep.data.questions import QuestionItem
 from speechkeep.errors import ConfigError, DataError, UsageError
 
-WEBQ = Path(__file__).resolve().parents[2] / "shared" / "data" / "webquestions" / "devtest.json"
+from speechkeep.data.webquestions import webquestions_file
 VOICES = ["piper-joe", "espeak-us-f2"]
 
 
 def _questions(path: Path, n: int = 4) -> Path:
-    if WEBQ.exists():
-        data = json.loads(WEBQ.read_text())[:n]
-    else:  # the shared data is not there: same format, made up here
-        data = [{"qId": f"wq{i}", "qText": t, "answers": [a]} for i, (t, a) in enumerate([
-            ("what is the capital of france?", "Paris"), ("who wrote hamlet?", "Shakespeare"),
-            ("where is mount everest?", "Nepal"), ("what language do they speak in brazil?", "Portuguese")])][:n]
+    data = json.loads(webquestions_file("devtest").read_text())[:n]
     path.write_text(json.dumps(data, indent=1))
     return path
 

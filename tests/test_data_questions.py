@@ -12,7 +12,7 @@ import soundfile as sf
 from speechkeep.data.questions import read_questions
 from speechkeep.errors import DataError
 
-WEBQ = Path(__file__).resolve().parents[2] / "shared" / "data" / "webquestions" / "devtest.json"
+from speechkeep.data.webquestions import webquestions_file
 
 
 def write(path: Path, text: str) -> Path:
@@ -24,9 +24,8 @@ def jsonl(path: Path, rows: list) -> Path:
     return write(path, "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
 
 
-@pytest.mark.skipif(not WEBQ.exists(), reason="shared WebQuestions data not present")
 def test_webquestions_devtest():
-    res = read_questions(WEBQ)
+    res = read_questions(webquestions_file("devtest"))
     assert res.format == "json"
     assert len(res.items) == 189 and not res.skipped
     first = res.items[0]

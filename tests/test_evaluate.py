@@ -35,7 +35,9 @@ def test_eval_writes_predictions_and_metrics(tiny_speech_llm_factory, spoken_set
                             asr_max_new_tokens=4))
     assert m["n"] == 3 and m["max_new_tokens"] == 4 and "word boundaries" in m["matching_rule"]
     for task in ("t2t", "s2t"):
-        assert set(m[task]) == {"accuracy", "correct", "n"} and m[task]["n"] == 3
+        assert set(m[task]) == {"accuracy", "correct", "n", "ci95"} and m[task]["n"] == 3
+        lo, hi = m[task]["ci95"]
+        assert 0 <= lo <= m[task]["accuracy"] <= hi <= 1
     assert m["ppl"]["text"] > 1 and m["ppl"]["speech"] > 1
     assert 0 <= m["asr"]["wer"]
     assert m["modality_gap"] == m["t2t"]["accuracy"] - m["s2t"]["accuracy"]

@@ -8,7 +8,7 @@ import pytest
 from speechkeep.models.speech_llm import Query
 
 pytestmark = pytest.mark.real
-WEBQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "webquestions"
+from speechkeep.data.webquestions import webquestions_file
 
 
 def test_deactivation_shape_on_smollm2(real_speech_llm):
@@ -17,7 +17,7 @@ def test_deactivation_shape_on_smollm2(real_speech_llm):
     from speechkeep.importance.taylor import compute_importance
 
     model = real_speech_llm
-    questions = [q["qText"] for q in json.loads((WEBQ / "devtest.json").read_text())[:64]]
+    questions = [q["qText"] for q in json.loads(webquestions_file("devtest").read_text())[:64]]
     answers = []
     for i in range(0, len(questions), 16):
         answers += model.generate([Query(text=q) for q in questions[i:i + 16]], max_new_tokens=20)

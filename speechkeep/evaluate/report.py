@@ -1,10 +1,45 @@
-"""Human-readable tables of evaluation metrics."""
+"""Human-readable tables of evaluation metrics (accuracies with their 95% bootstrap interval)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _acc_ci(m: dict | None) -> str:
+    """'12.0 [6.0, 19.0]' (accuracy % and its 95% interval) or '-'."""
+    if not m:
+        return "-"
+    ci = m.get("ci95")
+    return _pct(m["accuracy"]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+
+
+def outcomes(eval_dir: str | Path, task: str) -> dict[str, bool]:
+    """Per-question correctness of one task from an evaluation's predictions.jsonl: id -> correct."""
+    path = Path(eval_dir) / "predictions.jsonl"
+    out: dict[str, bool] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row.get("task") == task and "correct" in row:
+                out[row["id"]] = bool(row["correct"])
+    if not out:
+        raise ValueError(f"{path}: no scored predictions for task {task!r}")
+    return out
+
+
+def paired(a: dict[str, bool], b: dict[str, bool]):
+    """:func:`speechkeep.evaluate.stats.paired_difference` of two :func:`outcomes` on their common questions."""
+    from speechkeep.evaluate.stats import paired_difference
+
+    ids = [i for i in a if i in b]
+    if len(ids) != len(a) or len(ids) != len(b):
+        raise ValueError(f"paired comparison needs the same questions: {len(a)} vs {len(b)}, {len(ids)} in common")
+    return paired_difference([a[i] for i in ids], [b[i] for i in ids])
 
 
 def format_metrics(m: dict) -> str:
@@ -12,7 +47,8 @@ def format_metrics(m: dict) -> str:
     for task in ("t2t", "s2t", "cascade"):
         if task in m:
             extra = f"   (Whisper WER {100 * m[task]['asr_wer']:.1f}%)" if "asr_wer" in m[task] else ""
-            lines.append(f"  {task:8s} accuracy {_pct(m[task]['accuracy'])}%  ({m[task]['correct']}/{m[task]['n']}){extra}")
+            lines.append(f"  {task:8s} accuracy {_acc_ci(m[task])}%  ({m[task]['correct']}/{m[task]['n']}; "
+                         f"95% bootstrap interval in brackets){extra}")
     if "asr" in m:
         ctc = f"; the front-end's own CTC transcript {100 * m['asr']['ctc_wer']:.1f}%" if "ctc_wer" in m["asr"] else ""
         lines.append(f"  asr      WER {100 * m['asr']['wer']:.1f}% (LLM-written){ctc}")
@@ -38,13 +74,16 @@ def format_metrics(m: dict) -> str:
 
 
 def markdown_table(rows: list[tuple[str, dict]], base: dict | None = None) -> str:
-    """One row per (name, metrics): T2T and S2T accuracy, T2T retention vs ``base``, modality gap."""
-    out = ["| model | T2T acc % | S2T acc % | T2T retention % | modality gap (points) |", "|---|---|---|---|---|"]
+    """One row per (name, metrics): T2T and S2T accuracy with their 95% bootstrap interval, T2T
+    retention vs ``base``, modality gap."""
+    out = ["| model | T2T acc % [95% CI] | S2T acc % [95% CI] | T2T retention % | modality gap (points) |",
+           "|---|---|---|---|---|"]
     b = base["t2t"]["accuracy"] if base and "t2t" in base else None
     for name, m in rows:
         t2t = m.get("t2t", {}).get("accuracy")
         s2t = m.get("s2t", {}).get("accuracy")
         ret = (t2t / b) if (t2t is not None and b) else None
         gap = (t2t - s2t) if (t2t is not None and s2t is not None) else None
-        out.append(f"| {name} | {_pct(t2t)} | {_pct(s2t)} | {_pct(ret)} | {'-' if gap is None else f'{100 * gap:.1f}'} |")
+        out.append(f"| {name} | {_acc_ci(m.get('t2t'))} | {_acc_ci(m.get('s2t'))} | {_pct(ret)} | "
+                   f"{'-' if gap is None else f'{100 * gap:.1f}'} |")
     return "\n".join(out)

@@ -1,7 +1,7 @@
 """``speechkeep eval``: T2T / S2T accuracy, perplexity, ASR WER, the cascade, retention and the modality gap.
 
     speechkeep eval --model runs/lora --data data/wq_dev/manifest.jsonl --out runs/lora/eval
-    speechkeep eval --model bundled:smollm2-135m --data ../shared/data/webquestions/devtest.json --out runs/noft
+    speechkeep eval --model bundled:smollm2-135m --data webquestions:devtest --out runs/noft
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ class EvalItem:
 
 def load_eval_items(data: str, split: str | None, limit: int | None) -> tuple[list[EvalItem], bool]:
     """(items, has_audio)."""
-    p = Path(data)
+    from speechkeep.data.questions import resolve_questions_path
+
+    p = resolve_questions_path(data)
     if p.is_dir():
         p = p / "manifest.jsonl"
     if not p.exists():
@@ -150,7 +152,10 @@ def transcribe_whisper(encoder_spec: str, audio_paths: list[str], batch_size: in
 
 
 def _acc(flags: list[bool]) -> dict:
-    return {"accuracy": sum(flags) / len(flags), "correct": int(sum(flags)), "n": len(flags)}
+    from speechkeep.evaluate.stats import bootstrap_ci
+
+    return {"accuracy": sum(flags) / len(flags), "correct": int(sum(flags)), "n": len(flags),
+            "ci95": list(bootstrap_ci(flags))}
 
 
 def finite_or_none(metrics: dict, path: str = "") -> list[str]:

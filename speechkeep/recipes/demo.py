@@ -4,14 +4,17 @@
    base LLM's own greedy answers (LLaMA-Omni stage 1 style);
 2. spoken eval set: held-out ``devtest`` questions spoken by a held-out voice;
 3. No-FT (the text LLM as is: T2T) and the cascade (Whisper ASR -> text LLM);
-4. train one strategy for a few minutes;
-5. evaluate the trained model (T2T, S2T, perplexity) and write a T2T/S2T/retention table.
+4. train one strategy for a fixed number of optimizer steps (the same model on any machine);
+5. evaluate the trained model (T2T, S2T, perplexity) and write a T2T/S2T/retention table with 95%
+   bootstrap intervals and paired tests (exact McNemar) of the differences that matter.
+
+Everything is deterministic: the same config gives the same report.md, bit for bit, on the same machine
+(seeded TTS, greedy decoding, a step budget); times go to stdout and demo_summary.json only.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +23,9 @@ from speechkeep.config import Checked, ranged
 from speechkeep.errors import SpeechkeepError
 
 
-def default_webquestions_dir() -> Path:
-    """``$SPEECHKEEP_WEBQUESTIONS``, else ``../shared/data/webquestions`` beside the repository."""
-    env = os.environ.get("SPEECHKEEP_WEBQUESTIONS")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parents[2]
-    for cand in (here.parent / "shared" / "data" / "webquestions", Path.cwd().parent / "shared" / "data" / "webquestions"):
-        if cand.is_dir():
-            return cand
-    return here.parent / "shared" / "data" / "webquestions"
-
-
 @dataclass
 class DemoConfig(Checked):
-    """The demo's knobs (defaults: about 15 minutes on 2 CPU cores)."""
+    """The demo's knobs (defaults: about 15 minutes on 2 CPU cores, see the README)."""
 
     out: str = "runs/demo"
     """Output directory (data, runs, report)."""
@@ -43,7 +34,7 @@ class DemoConfig(Checked):
     speech_encoder: str = "bundled:whisper-tiny.en"
     """Speech encoder spec."""
     webquestions: str | None = None
-    """Directory with trainmodel.json and devtest.json; None: ../shared/data/webquestions."""
+    """Directory with trainmodel.json and devtest.json; None: $SPEECHKEEP_WEBQUESTIONS, else the copy shipped in the package."""
     n_train: int = ranged(400, ge=1)
     """Training questions (first N of trainmodel.json)."""
     n_eval: int = ranged(100, ge=1)
@@ -52,10 +43,10 @@ class DemoConfig(Checked):
     """Held-out voice: speaks only the evaluation questions."""
     strategy: str = "lora"
     """Strategy to train: adaptor | full | lora."""
-    train_minutes: float = ranged(5.0, gt=0)
-    """Training time budget."""
-    max_steps: int = ranged(400, ge=1)
-    """Upper bound on optimizer steps (the time budget usually stops first)."""
+    max_steps: int = ranged(80, ge=1)
+    """Optimizer steps of the strategy (the training budget: the same on every machine)."""
+    train_minutes: float | None = ranged(None, gt=0)
+    """Optional wall-clock cap on training (None: none). A cap makes the trained model depend on the machine's speed."""
     batch_size: int = ranged(8, ge=1)
     """Training micro-batch size."""
     lr: float = ranged(1e-3, gt=0)
@@ -76,6 +67,29 @@ class DemoConfig(Checked):
     """Write into an out directory that is not empty and not a previous `speechkeep demo` output."""
 
 
+def demo_questions(cfg: DemoConfig) -> tuple[Path, Path]:
+    """The demo's (training, evaluation) question files: trainmodel and devtest of WebQuestions."""
+    from speechkeep.data.webquestions import webquestions_file
+
+    return webquestions_file("trainmodel", cfg.webquestions), webquestions_file("devtest", cfg.webquestions)
+
+
+def demo_comparisons(out: Path, strategy: str, with_aligned: bool) -> dict:
+    """The paired tests the demo's reading rests on, from the evaluations' predictions."""
+    from speechkeep.evaluate.report import outcomes, paired
+
+    ev = out / "eval"
+    comps = {f"{strategy} T2T vs No-FT T2T (text ability kept?)":
+             paired(outcomes(ev / strategy, "t2t"), outcomes(ev / "noft", "t2t"))}
+    if with_aligned:
+        comps[f"{strategy} S2T vs the aligned front-end's S2T (did the strategy help speech?)"] = paired(
+            outcomes(ev / strategy, "s2t"), outcomes(ev / "aligned", "s2t"))
+        comps["aligned front-end S2T vs the cascade"] = paired(outcomes(ev / "aligned", "s2t"), outcomes(ev / "noft", "cascade"))
+    else:
+        comps[f"{strategy} S2T vs the cascade"] = paired(outcomes(ev / strategy, "s2t"), outcomes(ev / "noft", "cascade"))
+    return comps
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """The demo (see the module docstring). The options, the output directory, the model specs and both
     question files are checked before any work; a failed run keeps only resumable work."""
@@ -84,13 +98,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     from speechkeep.models.llm import resolve_llm_dir
     from speechkeep.models.speech_encoder import resolve_encoder_dir
 
-    wq = Path(cfg.webquestions) if cfg.webquestions else default_webquestions_dir()
-    guard = OutputDir(cfg.out, "demo", overwrite=cfg.overwrite, key="out", keep=has_files, inputs=[wq])
+    guard = OutputDir(cfg.out, "demo", overwrite=cfg.overwrite, key="out", keep=has_files, inputs=[cfg.webquestions])
     guard.check()
-    for name in ("trainmodel.json", "devtest.json"):
-        if not (wq / name).is_file():
-            raise SpeechkeepError(f"{wq / name} not found: set webquestions=DIR or $SPEECHKEEP_WEBQUESTIONS")
-        read_questions(wq / name)
+    for questions in demo_questions(cfg):
+        read_questions(questions)
     resolve_llm_dir(cfg.llm)
     resolve_encoder_dir(cfg.speech_encoder)
     from speechkeep.config import load_config
@@ -116,10 +127,7 @@ def _run_demo(cfg: DemoConfig) -> dict:
 
     t_start = time.perf_counter()
     out = Path(cfg.out)
-    wq = Path(cfg.webquestions) if cfg.webquestions else default_webquestions_dir()
-    for name in ("trainmodel.json", "devtest.json"):
-        if not (wq / name).exists():
-            raise SpeechkeepError(f"{wq / name} not found: set webquestions=DIR or $SPEECHKEEP_WEBQUESTIONS")
+    train_questions, eval_questions = demo_questions(cfg)
     if cfg.eval_voice not in VOICES:
         raise SpeechkeepError(f"unknown eval_voice '{cfg.eval_voice}'; voices: {', '.join(VOICES)}")
     train_voices = [v for v in VOICES if v != cfg.eval_voice]
@@ -132,13 +140,13 @@ def _run_demo(cfg: DemoConfig) -> dict:
     t = stage(f"1/5 spoken train set: {cfg.n_train} WebQuestions questions, {len(train_voices)} voices, teacher answers")
     common = dict(teacher=cfg.llm, max_new_tokens=cfg.teacher_max_new_tokens, speech_encoder=cfg.speech_encoder,
                   encode_mode=cfg.encode_mode, features=True)
-    tr = build_dataset(DataBuildConfig(questions=str(wq / "trainmodel.json"), out=str(out / "data" / "train"),
+    tr = build_dataset(DataBuildConfig(questions=str(train_questions), out=str(out / "data" / "train"),
                                        limit=cfg.n_train, voices=train_voices, split="train", **common))
     print(tr.summary())
     timings["data_train"] = time.perf_counter() - t
 
     t = stage(f"2/5 spoken eval set: {cfg.n_eval} held-out devtest questions, held-out voice {cfg.eval_voice}")
-    ev = build_dataset(DataBuildConfig(questions=str(wq / "devtest.json"), out=str(out / "data" / "eval"),
+    ev = build_dataset(DataBuildConfig(questions=str(eval_questions), out=str(out / "data" / "eval"),
                                        limit=cfg.n_eval, voices=[cfg.eval_voice], split="eval", **common))
     print(ev.summary())
     timings["data_eval"] = time.perf_counter() - t
@@ -162,14 +170,16 @@ def _run_demo(cfg: DemoConfig) -> dict:
         print(format_metrics(aligned))
         timings["eval_aligned"] = time.perf_counter() - t
 
-    t = stage(f"4/5 train strategy={cfg.strategy} for up to {cfg.train_minutes} min, from "
-              f"{'the aligned front-end' if init else 'a fresh adaptor'}")
+    t = stage(f"4/5 train strategy={cfg.strategy} for {cfg.max_steps} steps"
+              + (f" (at most {cfg.train_minutes} min)" if cfg.train_minutes else "")
+              + f", from {'the aligned front-end' if init else 'a fresh adaptor'}")
     run_dir = out / "runs" / cfg.strategy
     ov = [f"init_from={init or 'none'}"] + ([f"optim.adaptor_lr={cfg.aligned_adaptor_lr}"] if init else []) + [
           f"model.llm={cfg.llm}", f"model.speech_encoder={cfg.speech_encoder}", f"model.encode_mode={cfg.encode_mode}",
           f"strategy={cfg.strategy}", f"data.train={out / 'data' / 'train' / 'manifest.jsonl'}",
           f"data.batch_size={cfg.batch_size}", f"optim.lr={cfg.lr}", f"max_steps={cfg.max_steps}",
-          f"max_minutes={cfg.train_minutes}", f"output_dir={run_dir}", "save_every=50",
+          f"max_minutes={'none' if cfg.train_minutes is None else cfg.train_minutes}", f"output_dir={run_dir}",
+          "save_every=50",
           "resume=true"] + [f"{k}={v}" for k, v in cfg.extra.items()]
     summary_path = run_dir / "summary.json"
     if summary_path.exists():  # a finished run: reuse it (an interrupted one resumes from its checkpoint)
@@ -189,6 +199,7 @@ def _run_demo(cfg: DemoConfig) -> dict:
     timings["eval_trained"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
+    comparisons = demo_comparisons(out, cfg.strategy, with_aligned=aligned is not None)
     table = markdown_table([("No-FT (text LLM as is)", {"t2t": noft["t2t"]}),
                             ("cascade (Whisper tiny.en transcript -> text LLM)", {"s2t": noft["cascade"]}),
                             *([("aligned front-end (CTC, LLM frozen: T2T = No-FT), before the strategy", {"t2t": noft["t2t"], **aligned})] if aligned else []),
@@ -200,8 +211,8 @@ def _run_demo(cfg: DemoConfig) -> dict:
         f"LLM {cfg.llm}, encoder {cfg.speech_encoder}; train: {len(tr.rows)} spoken WebQuestions trainmodel questions "
         f"({len(train_voices)} voices), targets = the LLM's own greedy answers ({cfg.teacher_max_new_tokens} tokens); "
         f"eval: {len(ev.rows)} held-out devtest questions spoken by the held-out voice {cfg.eval_voice}.",
-        f"Strategy {cfg.strategy}: {res.steps} steps in {res.seconds / 60:.1f} min, {res.trainable_params:,} trainable "
-        f"parameters, final loss {res.final_loss:.3f}.",
+        f"Strategy {cfg.strategy}: {res.steps} steps of {cfg.batch_size} spoken questions, {res.trainable_params:,} "
+        f"trainable parameters, final loss {res.final_loss:.4f}.",
         "",
         table,
         "",
@@ -209,12 +220,19 @@ def _run_demo(cfg: DemoConfig) -> dict:
         f"Cascade Whisper WER {100 * noft['cascade']['asr_wer']:.1f}%. "
         f"Perplexity of the held-out teacher answers: No-FT text {noft['ppl']['text']:.2f}; "
         f"trained text {trained['ppl']['text']:.2f}, speech {trained['ppl'].get('speech', float('nan')):.2f}.",
+        f"Brackets: 95% percentile-bootstrap interval over the {len(ev.rows)} questions (10,000 resamples, seed 0).",
         "",
-        "Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+        "Paired comparisons on the same questions (A - B; exact McNemar test on the questions where exactly one is right; "
+        "a difference is called significant at p < 0.05):",
+        "",
+        *[f"- {name}: {c.describe()}" for name, c in comparisons.items()],
     ])
     (out / "report.md").write_text(report + "\n")
     write_json(out / "demo_summary.json", {"noft": noft, "aligned": aligned, "trained": trained, "timings": timings,
+                                           "comparisons": {k: c.to_dict() for k, c in comparisons.items()},
+                                           "train_seconds": res.seconds,
                                            "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}})
     print("\n" + report)
-    print(f"\nreport written to {out / 'report.md'}")
+    print("\ntime (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print(f"report written to {out / 'report.md'}")
     return {"noft": noft, "trained": trained, "timings": timings}
