@@ -126,19 +126,20 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 
 MARKER_PREFIX = ".speechkeep-"
 
-# Files by which an output written before markers existed is recognised as the command's own.
+# Files by which an output written before markers existed (or by an interrupted run of an older
+# version) is recognised as the command's own.
 KNOWN_OUTPUTS: dict[str, tuple[str, ...]] = {
     "build": ("speechkeep.json",),
     "train": ("train_config.json",),
     "eval": ("metrics.json", "predictions.jsonl"),
-    "data-build": ("manifest.jsonl", "build_info.json"),
+    "data-build": ("manifest.jsonl", "build_info.json", "audio/index.json", "teacher_cache.jsonl"),
     "importance": ("importance.safetensors",),
     "deactivate": ("deactivation.json",),
     "importance-compare": ("shift.json",),
     "heatmap": ("heatmaps.json",),
-    "align": ("report.json", "ctc", "corpus"),
+    "align": ("report.json", "corpus/manifest.jsonl", "corpus/audio", "ctc/metrics.csv", "eval/manifest.jsonl"),
     "align-export": ("CARD.md",),
-    "demo": ("report.md", "demo_summary.json"),
+    "demo": ("report.md", "demo_summary.json", "data/train/audio", "data/train/manifest.jsonl"),
 }
 
 
