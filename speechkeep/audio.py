@@ -23,18 +23,53 @@ MAX_SECONDS = 30.0
 def load_audio(path: str | os.PathLike, target_sr: int = TARGET_SR) -> np.ndarray:
     """Read an audio file as float32 mono at ``target_sr``.
 
-    Multi-channel audio is averaged to mono; any sample rate is resampled with soxr.
-    Raises :class:`DataError` naming the file if it is missing, unreadable/corrupt or empty."""
+    Multi-channel audio is averaged to mono; any sample rate is resampled with soxr. Any format
+    libsndfile reads is accepted (WAV of 8/16/24/32 bits or float, FLAC, OGG, MP3...).
+    Raises :class:`DataError` naming the file if it is missing, unreadable/corrupt, truncated (a WAV
+    whose header promises more audio than the file holds), empty, or holds NaN/infinite samples."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"audio file not found (or not a regular file): {path}")
+    check_wav_complete(path)
     try:
         samples, sr = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError, EOFError) as err:
         raise DataError(f"cannot read audio file {path}: {err}") from None
     if samples.shape[0] == 0:
         raise DataError(f"audio file {path} has zero length (no samples)")
+    check_finite(samples, path)
     return _mono_resampled(samples, sr, target_sr)
+
+
+def check_finite(samples: np.ndarray, source: str | os.PathLike) -> None:
+    """Raise :class:`DataError` naming ``source`` if any sample is NaN or infinite."""
+    if samples.dtype.kind == "f" and not np.isfinite(samples).all():
+        bad = int(np.size(samples) - np.isfinite(samples).sum())
+        raise DataError(f"audio {source} has {bad} non-finite samples (NaN or infinity)")
+
+
+def check_wav_complete(path: str | os.PathLike) -> None:
+    """Raise :class:`DataError` if ``path`` is a RIFF/WAVE file whose ``data`` chunk is shorter than its
+    header says (a truncated download or copy; libsndfile would silently read what is there)."""
+    import struct
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            cid, csize = struct.unpack("<4sI", f.read(8))
+            if cid == b"data":
+                have = size - pos - 8
+                if csize not in (0, 0xFFFFFFFF) and csize > have:
+                    raise DataError(f"audio file {path} is truncated: its header declares {csize} bytes of "
+                                    f"audio, the file holds {have}")
+                return
+            pos += 8 + csize + (csize & 1)
 
 
 def to_mono_16k(samples: np.ndarray, sr: int, target_sr: int = TARGET_SR) -> np.ndarray:
@@ -49,6 +84,7 @@ def to_mono_16k(samples: np.ndarray, sr: int, target_sr: int = TARGET_SR) -> np.
         raise DataError("audio array has zero length (no samples)")
     if sr <= 0:
         raise DataError(f"sample rate must be positive, got {sr}")
+    check_finite(samples, "array")
     if samples.ndim == 1:
         samples = samples[:, None]
     return _mono_resampled(samples, sr, target_sr)

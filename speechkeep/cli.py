@@ -2,6 +2,11 @@
 
 Every command has ``--help``. Commands that take a config accept an optional YAML file followed by
 dotted ``key=value`` overrides; their ``--help`` lists every key with its type, default and meaning.
+
+Errors are one line on stderr, ``speechkeep: error: ...``, naming the file, line, option or key at
+fault; the exit code is 2 for usage errors (options, configs, model specs, output directories) and 1
+for data errors (the content of an input file, or a training run that diverged). No traceback
+unless ``-v``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,21 @@ import logging
 import sys
 from pathlib import Path
 
-from speechkeep.errors import SpeechkeepError
+from speechkeep.errors import SpeechkeepError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``speechkeep: error: <command>: ...``), exit code 2."""
+
+    def error(self, message: str):  # noqa: D102
+        cmd = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        self.exit(2, f"speechkeep: error: {cmd + ': ' if cmd else ''}{message} (see `{self.prog} --help`)\n")
+
+
+def _existing(path: str | None, flag: str, what: str = "path") -> None:
+    """A path named on the command line must exist (a usage error, exit 2, if not)."""
+    if path is not None and not Path(path).exists():
+        raise UsageError(f"{flag} {path}: no such {what}")
 
 
 def _config_epilog(cls) -> str:
@@ -20,17 +39,22 @@ def _config_epilog(cls) -> str:
     return "config keys (set in the YAML file or as key=value):\n" + format_config_help(cls)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, overwrite_key: bool = True) -> None:
     p.add_argument("config", nargs="?", default=None,
                    help="YAML config file (optional; a key=value here is taken as an override)")
     p.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. adaptor.stack_frames=8")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an output directory that is not empty and not this command's earlier output"
+                        + (" (the same as overwrite=true)" if overwrite_key else ""))
 
 
-def _split_config_args(args) -> tuple[str | None, list[str]]:
+def _split_config_args(args, overwrite_key: bool = True) -> tuple[str | None, list[str]]:
     cfg, ov = args.config, list(args.overrides)
     if cfg is not None and "=" in cfg and not Path(cfg).exists():
         ov.insert(0, cfg)
         cfg = None
+    if overwrite_key and getattr(args, "overwrite", False):
+        ov.append("overwrite=true")
     return cfg, ov
 
 
@@ -51,6 +75,8 @@ def cmd_models(args) -> None:
             print(f"  {spec}  [{d / 'CARD.md'}]")
     print("Other LLM specs: a .gguf file, a Hugging Face model directory, or a hub id 'org/name'.")
     print("Other encoder specs: a CTranslate2 Whisper directory (model.bin), a HF Whisper directory or id.")
+    if args.prepare is not None and not args.prepare:
+        raise UsageError("--prepare: give at least one model spec, e.g. --prepare bundled:smollm2-135m")
     if args.prepare:
         import time
 
@@ -68,28 +94,50 @@ def cmd_build(args) -> None:
     from speechkeep.config import load_config
     from speechkeep.models.speech_llm import SpeechLLM, SpeechLLMConfig
 
-    cfg_path, ov = _split_config_args(args)
+    cfg_path, ov = _split_config_args(args, overwrite_key=False)
     cfg = load_config(SpeechLLMConfig, cfg_path, ov)
-    model = SpeechLLM.build(cfg, seed=args.seed)
-    n_adaptor = sum(p.numel() for p in model.adaptor.parameters())
-    n_llm = sum(p.numel() for p in model.llm.parameters())
-    n_enc = sum(p.numel() for p in model.encoder.parameters())
-    print(f"SpeechLLM: encoder {cfg.speech_encoder} ({n_enc / 1e6:.1f} M, frozen) -> adaptor "
-          f"k={cfg.adaptor.stack_frames} ({n_adaptor / 1e6:.2f} M) -> LLM {cfg.llm} ({n_llm / 1e6:.1f} M)")
-    if args.out:
-        model.save_pretrained(args.out)
-        print(f"saved to {args.out}")
+
+    def run() -> None:
+        model = SpeechLLM.build(cfg, seed=args.seed)
+        n_adaptor = sum(p.numel() for p in model.adaptor.parameters())
+        n_llm = sum(p.numel() for p in model.llm.parameters())
+        n_enc = sum(p.numel() for p in model.encoder.parameters())
+        print(f"SpeechLLM: encoder {cfg.speech_encoder} ({n_enc / 1e6:.1f} M, frozen) -> adaptor "
+              f"k={cfg.adaptor.stack_frames} ({n_adaptor / 1e6:.2f} M) -> LLM {cfg.llm} ({n_llm / 1e6:.1f} M)")
+        if args.out:
+            model.save_pretrained(args.out)
+            print(f"saved to {args.out}")
+
+    if args.out is None:
+        return run()
+    from speechkeep.io import OutputDir
+    from speechkeep.models.llm import resolve_llm_dir
+    from speechkeep.models.speech_encoder import resolve_encoder_dir
+
+    guard = OutputDir(args.out, "build", overwrite=args.overwrite, inputs=[cfg_path, cfg.llm, cfg.speech_encoder])
+    guard.check()
+    resolve_llm_dir(cfg.llm)
+    resolve_encoder_dir(cfg.speech_encoder)
+    with guard:
+        run()
 
 
 def cmd_ask(args) -> None:
-    from speechkeep.audio import load_audio
+    from speechkeep.audio import MAX_SECONDS, TARGET_SR, check_duration, load_audio
     from speechkeep.models.speech_llm import Query
 
     if not args.text and not args.audio:
-        raise SpeechkeepError("give --text and/or --audio")
+        raise UsageError("give --text and/or --audio")
+    for t in args.text or []:
+        if not t.strip():
+            raise UsageError("--text: the question is empty")
     from speechkeep.models.speech_llm import load_speech_llm
 
+    for a in args.audio or []:
+        _existing(a, "--audio", "file")
     audios = [load_audio(a) for a in args.audio or []]  # fail on bad audio before loading models
+    for a, path in zip(audios, args.audio or []):
+        check_duration(a, TARGET_SR, path, max_seconds=MAX_SECONDS)
     model, trained = load_speech_llm(args.model)
     if audios and not trained:
         print("note: this model's speech adaptor is untrained (a plain LLM spec or config): spoken answers are noise",
@@ -120,7 +168,7 @@ def cmd_eval(args) -> None:
 
     cfg = EvalConfig(model=args.model, data=args.data, out=args.out, tasks=args.tasks, split=args.split,
                      limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                     baseline=args.baseline, ctc_emit=args.ctc_emit)
+                     baseline=args.baseline, ctc_emit=args.ctc_emit, overwrite=args.overwrite)
     metrics = evaluate(cfg)
     print(format_metrics(metrics))
     print(f"wrote {Path(args.out) / 'metrics.json'} and predictions.jsonl")
@@ -147,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     from speechkeep import __version__
     from speechkeep.models.speech_llm import SpeechLLMConfig
 
-    parser = argparse.ArgumentParser(
+    from speechkeep.config import Range, arg_type
+
+    parser = _Parser(
         prog="speechkeep",
         description="Turn a pretrained text LLM into a speech LLM without losing what it knew.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -165,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build a SpeechLLM (frozen encoder -> new adaptor -> LLM) and save it",
                        description="Build a SpeechLLM from a config and save it.",
                        epilog=_config_epilog(SpeechLLMConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_config_args(p)
+    _add_config_args(p, overwrite_key=False)
     p.add_argument("--out", help="directory to save the model to (config + adaptor weights)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the adaptor's initialization (default 0)")
+    p.add_argument("--seed", type=arg_type(Range(ge=0)), default=0, help="seed of the adaptor's initialization (default 0)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("ask", help="answer text and/or spoken questions with a SpeechLLM",
@@ -176,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a training run or saved SpeechLLM directory, a config YAML, or an LLM spec (default bundled:smollm2-135m)")
     p.add_argument("--text", action="append", help="a text question (repeatable)")
     p.add_argument("--audio", action="append", help="an audio file with a spoken question (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit in tokens (default 48)")
+    p.add_argument("--max-new-tokens", type=arg_type(Range(ge=1)), default=48, help="answer length limit in tokens (default 48)")
     p.set_defaults(func=cmd_ask)
 
     from speechkeep.evaluate.run import ALL_TASKS, EvalConfig
@@ -202,14 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the reference responses given text and speech input; asr: transcription WER; cascade: "
                         "Whisper transcript -> LLM accuracy (default: t2t s2t ppl)")
     p.add_argument("--split", default=None, help="only manifest rows of this split (e.g. eval)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N items")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"answer length limit (default {d.max_new_tokens})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"generation batch size (default {d.batch_size})")
+    p.add_argument("--limit", type=arg_type((EvalConfig, "limit")), default=None, help="only the first N items")
+    p.add_argument("--max-new-tokens", type=arg_type((EvalConfig, "max_new_tokens")), default=d.max_new_tokens,
+                   help=f"answer length limit (default {d.max_new_tokens})")
+    p.add_argument("--batch-size", type=arg_type((EvalConfig, "batch_size")), default=d.batch_size,
+                   help=f"generation batch size (default {d.batch_size})")
     p.add_argument("--ctc-emit", choices=["soft", "hard"], default=None,
                    help="CTC-aligned models: what the LLM reads per emitted token (soft: posterior-weighted embeddings, "
                         "hard: the best token's embedding); default: the model's own")
     p.add_argument("--baseline", default=None,
                    help="metrics.json (or its directory) of a baseline: adds retention A/B, drop B-A, modality gap")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out directory that is not empty and not an earlier `speechkeep eval` output")
     p.set_defaults(func=cmd_eval)
 
     from speechkeep.recipes.demo import DemoConfig
@@ -246,7 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # key=value overrides after an option (`build --out DIR adaptor.stack_frames=8`) are overrides too
+        if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.verbose:
         from transformers.utils import logging as hf_logging
 
@@ -262,10 +322,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"speechkeep: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("speechkeep: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the environment (disk full, permissions), not the input: one line, -v for the traceback
+        if args.verbose:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"speechkeep: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     return 0
 
 

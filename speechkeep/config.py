@@ -5,14 +5,21 @@ as in litgpt). ``field_docs`` reads those docstrings so ``--help`` can explain e
 
     cfg = load_config(TrainConfig, "configs/demo.yaml", ["optim.lr=1e-4", "strategy=lora"])
 
-An unknown key is an error that names the key and lists the valid ones.
+An unknown key is an error that names the key and lists the valid ones. Every numeric field declares
+its allowed range next to it (:func:`ranged`); the range is checked when the dataclass is built (in
+Python or from YAML/overrides) and by the CLI's numeric flags (:func:`arg_type`), and a value outside
+it is an error naming the dotted key and the range::
+
+    lr: float = ranged(1e-4, gt=0)   # optim.lr=-1 -> "optim.lr must be > 0, got -1"
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -22,9 +29,113 @@ from typing import Any, TypeVar
 
 import yaml
 
-from speechkeep.errors import ConfigError
+from speechkeep.errors import ConfigError, RangeError
 
 T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranges of numeric settings: one mechanism for every config dataclass and every numeric CLI flag.
+
+
+def _num(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric setting: optional bounds ``ge`` (>=), ``gt`` (>), ``le`` (<=),
+    ``lt`` (<). Floats must also be finite (NaN and infinity are never allowed)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def describe(self) -> str:
+        lo = (f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else None)
+        hi = (f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else None)
+        if lo and hi:
+            return f"in {lo}, {hi}"
+        if lo:
+            return f">= {_num(self.ge)}" if self.ge is not None else f"> {_num(self.gt)}"
+        if hi:
+            return f"<= {_num(self.le)}" if self.le is not None else f"< {_num(self.lt)}"
+        return "a finite number"
+
+    def ok(self, value: Any) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return not ((self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
+                    or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt))
+
+    def check(self, value: Any, key: str) -> None:
+        """Raise :class:`RangeError` naming ``key`` unless ``value`` is None or in range (for a mapping
+        or a list: each of its values, named ``key.name`` / ``key[i]``)."""
+        if isinstance(value, dict):
+            for k, v in value.items():
+                self.check(v, f"{key}.{k}")
+            return
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                self.check(v, f"{key}[{i}]")
+            return
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        if not self.ok(value):
+            raise RangeError(key, value, self.describe())
+
+
+def ranged(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+           ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with an allowed range (None is always allowed for an optional field; for a
+    mapping or list of numbers the range applies to each value)."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"range": Range(ge=ge, gt=gt, le=le, lt=lt)})
+
+
+def field_range(cls: type, name: str) -> Range | None:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("range")
+    raise KeyError(name)
+
+
+def check_ranges(obj: Any, prefix: str = "") -> None:
+    """Check every ranged field of dataclass instance ``obj`` (not recursive: nested configs check
+    themselves when they are built). Call it from ``__post_init__``."""
+    for f in dataclasses.fields(obj):
+        r = f.metadata.get("range")
+        if r is not None:
+            r.check(getattr(obj, f.name), prefix + f.name)
+
+
+class Checked:
+    """Mixin of config dataclasses: ranges are checked when an instance is built."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def arg_type(rng: Range | tuple[type, str], tp: type = int):
+    """An argparse ``type=`` that parses ``tp`` and checks a :class:`Range` (or the range of the
+    dataclass field ``(cls, name)``): the error names the flag and the allowed range."""
+    if isinstance(rng, tuple):
+        cls, name = rng
+        tp = _unwrap_optional(_hints(cls)[name])[0]
+        rng = field_range(cls, name)
+
+    def parse(raw: str):
+        try:
+            value = tp(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot read {raw!r} as {tp.__name__}") from None
+        if rng is not None and not rng.ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rng.describe()}, got {raw}")
+        return value
+
+    parse.__name__ = tp.__name__
+    return parse
 
 
 @lru_cache(maxsize=None)
@@ -163,6 +274,8 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         kwargs[k] = _coerce(v, hints[k], prefix + k)
     try:
         obj = cls(**kwargs)
+    except RangeError as e:
+        raise RangeError(prefix + e.key, e.value, e.allowed) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
     return obj
@@ -231,8 +344,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
+        if not p.is_file():
+            raise ConfigError(f"config file is not a regular file: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {p}: {e.strerror or e}") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""
@@ -246,6 +365,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         data = _deep_merge(data, parse_overrides(overrides))
     try:
         return config_from_dict(cls, data)
+    except RangeError as e:
+        if path is not None:
+            raise RangeError(f"{path}: {e.key}", e.value, e.allowed) from None
+        raise
     except ConfigError as e:
         if path is not None:
             raise ConfigError(f"{path}: {e}") from None
@@ -269,7 +392,11 @@ def config_help(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         else:
             default = "(required)"
         tname = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
-        rows.append((prefix + f.name, tname, repr(default), docs.get(f.name, "")))
+        doc = docs.get(f.name, "")
+        rng = f.metadata.get("range")
+        if rng is not None:
+            doc = f"{doc} Allowed: {rng.describe()}." if doc else f"Allowed: {rng.describe()}."
+        rows.append((prefix + f.name, tname, repr(default), doc))
     return rows
 
 

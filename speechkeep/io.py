@@ -1,4 +1,14 @@
-"""Filesystem helpers: the cache directory and atomic writes (nothing half-written survives a crash)."""
+"""Filesystem helpers: the cache directory, atomic writes (nothing half-written survives a crash) and
+the output-directory guard every command goes through before it writes (:func:`output_dir`).
+
+What the guard guarantees: a command never deletes or overwrites anything it did not create. It
+refuses, before any slow work, an output path that is a file, cannot be written, is not empty and not
+recognisably its own earlier output (a ``.speechkeep-<command>`` marker file, or the files that
+command writes) unless ``--overwrite`` / ``overwrite=true`` is given, and, even with it, the current
+directory or any of its parents, ``$HOME`` or its parents, a repository root, and an input of the
+command or a parent of one. When the command fails, what this invocation created is removed unless
+it holds resumable work (a training checkpoint, synthesized audio).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+from speechkeep.errors import OutputError
 
 CACHE_ENV = "SPEECHKEEP_CACHE"
 
@@ -26,19 +38,39 @@ def cache_dir(*parts: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, own_names: Iterable[str] | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path`` atomically.
 
-    Works for files and directories. On an exception the temporary is removed and ``path`` is untouched."""
+    Works for files and directories. On an exception the temporary is removed and ``path`` is untouched.
+    Replacing an existing directory never deletes what the new content does not replace: entries of the
+    old directory that are not in the new one are moved into it, except ``own_names`` (names the
+    writer owns, e.g. a stale sub-directory of another format). The current directory, $HOME, a
+    repository root and their parents are never replaced."""
     path = Path(path)
+    if not path.name or path.name in (".", ".."):
+        raise OutputError(f"refusing to replace {str(path)!r}: give a named file or directory")
+    reason = protected_reason(path) if path.is_dir() else None
+    if reason:  # fail before the work, not after it
+        raise OutputError(f"refusing to replace the directory {path}: it is {reason}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp
         if path.is_dir() and tmp.is_dir():
+            reason = protected_reason(path)
+            if reason:
+                raise OutputError(f"refusing to replace the directory {path}: it is {reason}")
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
             os.replace(tmp, path)
+            own = set(own_names or ())
+            try:
+                for e in list(old.iterdir()):
+                    if e.name not in own and not (path / e.name).exists() and not (path / e.name).is_symlink():
+                        os.replace(e, path / e.name)
+            except OSError as err:  # keep the old directory rather than lose anything in it
+                raise OutputError(f"{path} was replaced, but moving the rest of its old content over failed "
+                                  f"({err}); it is kept in {old}") from None
             _rmtree(old)
         else:
             os.replace(tmp, path)
@@ -53,9 +85,11 @@ def _rmtree(p: Path) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (indent 2, keys in insertion order)."""
+    """Write JSON atomically (indent 2, keys in insertion order). NaN and infinity are refused (they
+    are not JSON): callers report non-finite numbers as null with a note."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        tmp.write_text(text)
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
@@ -85,3 +119,211 @@ def file_fingerprint(path: str | os.PathLike) -> str:
             f.seek(-(1 << 20), os.SEEK_END)
             h.update(f.read())
     return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Output directories
+
+MARKER_PREFIX = ".speechkeep-"
+
+# Files by which an output written before markers existed (or by an interrupted run of an older
+# version) is recognised as the command's own.
+KNOWN_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "build": ("speechkeep.json",),
+    "train": ("train_config.json",),
+    "eval": ("metrics.json", "predictions.jsonl"),
+    "data-build": ("manifest.jsonl", "build_info.json", "audio/index.json", "teacher_cache.jsonl"),
+    "importance": ("importance.safetensors",),
+    "deactivate": ("deactivation.json",),
+    "importance-compare": ("shift.json",),
+    "heatmap": ("heatmaps.json",),
+    "align": ("report.json", "corpus/manifest.jsonl", "corpus/audio", "ctc/metrics.csv", "eval/manifest.jsonl"),
+    "align-export": ("CARD.md",),
+    "demo": ("report.md", "demo_summary.json", "data/train/audio", "data/train/manifest.jsonl"),
+}
+
+
+def marker_name(command: str) -> str:
+    return MARKER_PREFIX + command.replace(" ", "-")
+
+
+def _is_relative_to(a: Path, b: Path) -> bool:
+    try:
+        a.relative_to(b)
+        return True
+    except ValueError:
+        return False
+
+
+def protected_reason(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> str | None:
+    """Why ``path`` must never be an output directory (None if it may be): the current directory or a
+    parent of it, $HOME or a parent of it, a repository root, an input or a parent of an input."""
+    p = Path(os.path.abspath(os.path.expanduser(str(path))))
+    try:
+        p = p.resolve()
+    except OSError:
+        pass
+    cwd = Path.cwd().resolve()
+    home = Path.home().resolve()
+    if p == cwd:
+        return "the current directory"
+    if _is_relative_to(cwd, p):
+        return "a parent of the current directory"
+    if p == home:
+        return "your home directory"
+    if _is_relative_to(home, p):
+        return "a parent of your home directory"
+    if (p / ".git").exists():
+        return "a repository root"
+    for inp in inputs:
+        if inp is None or str(inp) == "" or not Path(os.path.expanduser(str(inp))).exists():
+            continue  # a model spec such as bundled:NAME or org/name, not a path
+        q = Path(os.path.abspath(os.path.expanduser(str(inp))))
+        try:
+            q = q.resolve()
+        except OSError:
+            pass
+        if q == p:
+            return f"an input of this command ({inp})"
+        if _is_relative_to(q, p):
+            return f"a parent of an input of this command ({inp})"
+    return None
+
+
+class OutputDir:
+    """One command's output directory: checked before any work, created, marked, cleaned on failure.
+
+    Use :func:`output_dir` (a context manager) rather than this class directly."""
+
+    def __init__(self, path: str | os.PathLike, command: str, *, overwrite: bool = False,
+                 inputs: Iterable[str | os.PathLike] = (), key: str = "--out",
+                 keep: Callable[[Path], bool] | None = None, marker: bool = True):
+        if path is None or str(path).strip() == "":
+            raise OutputError(f"{key}: no output directory given")
+        self.path = Path(os.path.expanduser(str(path)))
+        self.command, self.overwrite, self.key, self.keep = command, overwrite, key, keep
+        self.inputs = [i for i in inputs if i]
+        self.marker = self.path / marker_name(command)
+        self.write_marker = marker
+        self.created_root: Path | None = None  # the topmost directory this invocation created
+        self.was_empty = False
+        self.marker_created = False
+
+    # ------------------------------------------------------------------ checks
+    def _hint(self) -> str:
+        opt = "--overwrite" if self.key.startswith("--") else "overwrite=true"
+        return f"choose a new directory, or pass {opt} to write into it anyway"
+
+    def is_own(self) -> bool:
+        """Whether the existing directory is recognisably this command's earlier output."""
+        if self.marker.is_file():
+            return True
+        return any((self.path / name).exists() for name in KNOWN_OUTPUTS.get(self.command, ()))
+
+    def check(self) -> None:
+        """Raise :class:`OutputError` if the directory must not be used; writes nothing."""
+        p, key = self.path, self.key
+        reason = protected_reason(p, self.inputs)
+        if reason:
+            raise OutputError(f"{key} {p}: refusing to write into {reason}; choose a new directory")
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise OutputError(f"{key} {p}: exists and is not a directory")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise OutputError(f"{key} {p}: the directory is not writable")
+            try:
+                entries = [e for e in p.iterdir() if not e.name.startswith(MARKER_PREFIX) or e.name == self.marker.name]
+            except OSError as e:
+                raise OutputError(f"{key} {p}: cannot list the directory: {e.strerror or e}") from None
+            self.was_empty = not entries
+            if entries and not self.overwrite and not self.is_own():
+                raise OutputError(f"{key} {p}: the directory is not empty and was not written by "
+                                  f"`speechkeep {self.command.replace('-', ' ')}`; {self._hint()}")
+            return
+        parent = p.parent
+        while not parent.exists():
+            if parent.is_symlink():
+                raise OutputError(f"{key} {p}: {parent} is a broken symbolic link")
+            parent = parent.parent
+        if not parent.is_dir():
+            raise OutputError(f"{key} {p}: {parent} exists and is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"{key} {p}: cannot create it, {parent} is not writable")
+
+    # ------------------------------------------------------------------ create / clean up
+    def create(self) -> Path:
+        """Check, then create the directory (and its missing parents) and write the marker file."""
+        self.check()
+        p = self.path
+        missing = []
+        q = p
+        while not q.exists():
+            missing.append(q)
+            q = q.parent
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+            if missing:
+                self.created_root = missing[-1]
+                self.was_empty = True
+            if self.write_marker and not self.marker.exists():
+                self.marker.write_text(f"written by `speechkeep {self.command.replace('-', ' ')}`; "
+                                       "lets the command write here again\n")
+                self.marker_created = True
+        except OSError as e:
+            self._remove_created()
+            raise OutputError(f"{self.key} {p}: cannot write there: {e.strerror or e}") from None
+        return p
+
+    def _remove_created(self) -> None:
+        if self.created_root is not None:
+            _rmtree(self.created_root)
+        elif self.marker_created:
+            self.marker.unlink(missing_ok=True)
+
+    def __enter__(self) -> Path:
+        return self.create()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self.cleanup_after_failure()
+        return False
+
+    def cleanup_after_failure(self) -> None:
+        """Remove what this invocation created, unless it is worth keeping (resumable work)."""
+        if not self.path.is_dir():
+            return
+        if self.keep is not None:
+            try:
+                if self.keep(self.path):
+                    return
+            except OSError:
+                return
+        if self.created_root is not None:
+            _rmtree(self.created_root)
+        elif self.was_empty:  # an existing empty directory: everything in it is this invocation's
+            for e in list(self.path.iterdir()):
+                if e.is_dir() and not e.is_symlink():
+                    _rmtree(e)
+                else:
+                    e.unlink(missing_ok=True)
+        elif self.marker_created:
+            self.marker.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike, command: str, *, overwrite: bool = False,
+               inputs: Iterable[str | os.PathLike] = (), key: str = "--out",
+               keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Check ``path`` as ``command``'s output directory, create it, and yield it.
+
+    On an exception (or Ctrl-C) inside the block, what this invocation created is removed unless
+    ``keep(path)`` says it holds useful (resumable) work; an existing directory's earlier content is
+    never touched. ``inputs``: the command's input paths (the output may not be one, or a parent of
+    one). ``key``: the option or config key named in errors."""
+    with OutputDir(path, command, overwrite=overwrite, inputs=inputs, key=key, keep=keep) as p:
+        yield p
+
+
+def has_files(path: Path, pattern: str = "*") -> bool:
+    """Whether ``path`` holds a regular file matching ``pattern`` (recursively), markers excluded."""
+    return any(f.is_file() and not f.name.startswith(MARKER_PREFIX) for f in path.rglob(pattern))

@@ -15,7 +15,7 @@ from speechkeep.data.build import DataBuildConfig, _plan, build_dataset, file_st
 from speechkeep.data.cli import main as cli_main
 from speechkeep.data.manifest import read_manifest
 from speechkeep.data.questions import QuestionItem
-from speechkeep.errors import DataError
+from speechkeep.errors import ConfigError, DataError, UsageError
 
 from speechkeep.data.webquestions import webquestions_file
 VOICES = ["piper-joe", "espeak-us-f2"]
@@ -134,7 +134,7 @@ def test_voice_and_split_assignment(tmp_path):
         (dict(voices=VOICES, eval_voices=["piper-joe"]), "both as voices and as held-out"),
         (dict(split_by_voice=True), "needs held-out eval voices"),
     ]:
-        with pytest.raises(DataError, match=msg):
+        with pytest.raises(UsageError, match=msg):  # options, not data: exit code 2
             _plan(items, DataBuildConfig(**base, **bad), tmp_path)
     assert file_stem("wqr000000") == "wqr000000"
     assert file_stem("a b/../c") != file_stem("a b/../d") and "/" not in file_stem("a b/../c")
@@ -231,7 +231,7 @@ def test_bad_lines_via_cli(tmp_path, capsys, line, message):
     q = _audio_questions(tmp_path)
     q.write_text(q.read_text() + line + "\n")
     args = ["build", "--questions", str(q), "--out", str(tmp_path / "out"), "--no-features", "--no-progress"]
-    assert cli_main(args) == 2
+    assert cli_main(args) == 1  # a data error (the content of an input), not a usage error
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.startswith("error: ")
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
@@ -244,7 +244,7 @@ def test_bad_lines_via_cli(tmp_path, capsys, line, message):
 
 def test_config_errors(tmp_path):
     q = _audio_questions(tmp_path)
-    with pytest.raises(DataError, match="limit must be >= 1"):
+    with pytest.raises(ConfigError, match="limit must be >= 1"):  # checked when the config is built
         build_dataset(_cfg(tmp_path, q, limit=0))
     with pytest.raises(DataError, match="questions file not found"):
         build_dataset(_cfg(tmp_path, tmp_path / "missing.json"))

@@ -22,30 +22,31 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechkeep.config import Checked, ranged
 from speechkeep.errors import DataError
 
 _ID_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass
-class AlignCorpusConfig:
+class AlignCorpusConfig(Checked):
     """What the alignment corpus is made of."""
 
     sources: list[str] = field(default_factory=list)
     """WebQuestions-style JSON/JSONL files (or webquestions:SPLIT) whose questions (and answers) are spoken; empty: webquestions:trainmodel and webquestions:val, shipped with the package."""
     out: str = "runs/align/corpus"
     """Output directory (audio, manifest.jsonl, features)."""
-    piper_voices_per_text: int = 2
+    piper_voices_per_text: int = ranged(2, ge=0)
     """Piper (neural) voices speaking each question."""
-    espeak_voices_per_text: int = 2
+    espeak_voices_per_text: int = ranged(2, ge=0)
     """eSpeak voices speaking each question."""
     include_answers: bool = True
     """Also speak each distinct reference answer (one piper and one eSpeak voice)."""
     held_out_voices: list[str] = field(default_factory=lambda: ["piper-joe-high"])
     """Voices that never speak in the corpus (kept for evaluation)."""
-    max_texts: int | None = None
+    max_texts: int | None = ranged(None, ge=1)
     """Use only the first N questions (None: all)."""
-    workers: int = 2
+    workers: int = ranged(2, ge=1)
     """TTS worker processes."""
     speech_encoder: str = "bundled:whisper-tiny.en"
     """Speech encoder spec for the feature cache."""

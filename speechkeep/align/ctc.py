@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from speechkeep.errors import ConfigError, DataError
+from speechkeep.config import Checked, ranged
 from speechkeep.models.adaptor import AdaptorConfig
 from speechkeep.models.speech_llm import SpeechLLMConfig
 
@@ -42,7 +43,7 @@ def _default_model() -> SpeechLLMConfig:
 
 
 @dataclass
-class CTCAlignConfig:
+class CTCAlignConfig(Checked):
     """Options of the CTC alignment stage."""
 
     manifest: str = "runs/align/corpus/manifest.jsonl"
@@ -57,25 +58,25 @@ class CTCAlignConfig:
     """Output directory: metrics.csv, checkpoint/, model/, summary.json."""
     model: SpeechLLMConfig = field(default_factory=_default_model)
     """The SpeechLLM whose adaptor is trained (adaptor.output must be 'ctc'; ctc_vocab_size is set from the corpus)."""
-    batch_size: int = 32
+    batch_size: int = ranged(32, ge=1)
     """Utterances per step."""
-    lr: float = 1e-3
+    lr: float = ranged(1e-3, gt=0)
     """Peak learning rate (AdamW)."""
-    weight_decay: float = 0.01
+    weight_decay: float = ranged(0.01, ge=0)
     """AdamW weight decay."""
-    warmup_steps: int = 100
+    warmup_steps: int = ranged(100, ge=0)
     """Linear warmup steps, then cosine decay to 10% of the peak at max_steps."""
-    max_steps: int = 3000
+    max_steps: int = ranged(3000, ge=1)
     """Optimizer steps."""
-    max_minutes: float | None = None
+    max_minutes: float | None = ranged(None, ge=0)
     """Stop (with a checkpoint and the model saved) after this much training time; resume later."""
-    eval_every: int = 250
+    eval_every: int = ranged(250, ge=1)
     """Steps between WER evaluations."""
-    save_every: int = 100
+    save_every: int = ranged(100, ge=1)
     """Steps between checkpoints."""
     resume: bool = True
     """Continue from <out>/checkpoint when it exists."""
-    seed: int = 0
+    seed: int = ranged(0, ge=0)
     """Seed of the adaptor initialization and the data order."""
 
 
@@ -260,6 +261,13 @@ def train_ctc(cfg: CTCAlignConfig, progress: bool = True) -> dict:
     while step < cfg.max_steps:
         b = next(batches)
         loss = ctc_loss(adaptor, [feats[i].float() for i in b], [targets[i] for i in b], vocab_emb)
+        if not torch.isfinite(loss.detach()):
+            from speechkeep.errors import TrainingError
+
+            mf.close()
+            saved = f"the last good checkpoint is kept in {ckpt} (resume=true)" if ckpt.is_dir() else "no checkpoint yet"
+            raise TrainingError(f"CTC training stopped at step {step + 1}: the loss is {float(loss):g} (not finite) on "
+                                f"utterances {', '.join(rows[keep[i]].id for i in b)}; {saved}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

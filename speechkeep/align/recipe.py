@@ -23,12 +23,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechkeep.config import Checked, ranged
 from speechkeep.align.corpus import AlignCorpusConfig
 from speechkeep.align.ctc import CTCAlignConfig
 
 
 @dataclass
-class AlignConfig:
+class AlignConfig(Checked):
     """Options of ``speechkeep align``."""
 
     out: str = "runs/align"
@@ -41,7 +42,7 @@ class AlignConfig:
     """Directory with the eval_questions file; None: $SPEECHKEEP_WEBQUESTIONS, else the copy shipped in the package."""
     eval_questions: str = "devtest.json"
     """Held-out questions file (inside webquestions) spoken for evaluation."""
-    n_eval: int | None = None
+    n_eval: int | None = ranged(None, ge=1)
     """Evaluate on the first N held-out questions (None: all)."""
     eval_voice: str = "piper-joe-high"
     """Held-out voice of the evaluation set (never in the corpus)."""
@@ -51,6 +52,8 @@ class AlignConfig:
     """Also write the shippable checkpoint (fp16 adaptor, config, CARD.md) to this directory."""
     command: str | None = None
     """The command line recorded on the card (default: this process's own)."""
+    overwrite: bool = False
+    """Write into an out (or export_to) directory that is not empty and not a previous `speechkeep align` output."""
 
 
 def _filled(cfg: AlignConfig) -> AlignConfig:
@@ -79,8 +82,50 @@ def build_eval_set(cfg: AlignConfig, progress: bool = True) -> Path:
     return rep.manifest
 
 
+def _check_align(cfg: AlignConfig) -> None:
+    """What can be checked before any work: sources, held-out questions, voices, tasks, model specs."""
+    from speechkeep.data.questions import read_questions
+    from speechkeep.data.tts import VOICES
+    from speechkeep.errors import UsageError
+    from speechkeep.evaluate.run import ALL_TASKS
+    from speechkeep.models.llm import resolve_llm_dir
+    from speechkeep.models.speech_encoder import resolve_encoder_dir
+    from speechkeep.data.questions import resolve_questions_path
+    from speechkeep.data.webquestions import webquestions_file
+
+    names = cfg.corpus.sources or ["webquestions:trainmodel", "webquestions:val"]
+    for src in [*(resolve_questions_path(n) for n in names), webquestions_file(cfg.eval_questions, cfg.webquestions)]:
+        if not src.is_file():
+            raise UsageError(f"{src}: no such questions file (corpus.sources, webquestions, eval_questions)")
+        read_questions(src)
+    for v in [cfg.eval_voice, *cfg.corpus.held_out_voices]:
+        if v not in VOICES:
+            raise UsageError(f"unknown voice {v!r}; valid voices: {', '.join(VOICES)}")
+    bad = [t for t in cfg.eval_tasks if t not in ALL_TASKS]
+    if bad:
+        raise UsageError(f"eval_tasks: unknown task '{bad[0]}'; valid: {', '.join(ALL_TASKS)}")
+    resolve_llm_dir(cfg.ctc.model.llm)
+    resolve_encoder_dir(cfg.ctc.model.speech_encoder)
+
+
 def run_align(cfg: AlignConfig, progress: bool = True) -> dict:
-    """Corpus -> eval set -> CTC -> evaluation (-> export); returns report.json's content."""
+    """Corpus -> eval set -> CTC -> evaluation (-> export); returns report.json's content.
+
+    The options, the output directories (out, export_to), the questions and the model specs are checked
+    before any work; a failed run keeps what can be resumed and removes what is not worth keeping."""
+    from speechkeep.io import OutputDir, has_files
+
+    guard = OutputDir(cfg.out, "align", overwrite=cfg.overwrite, key="out", keep=has_files,
+                      inputs=[*cfg.corpus.sources, cfg.webquestions])
+    guard.check()
+    if cfg.export_to:
+        OutputDir(cfg.export_to, "align-export", overwrite=cfg.overwrite, key="export_to", marker=False).check()
+    _check_align(cfg)
+    with guard:
+        return _run_align(cfg, progress)
+
+
+def _run_align(cfg: AlignConfig, progress: bool = True) -> dict:
     from speechkeep.align.corpus import build_align_corpus
     from speechkeep.align.ctc import train_ctc
     from speechkeep.evaluate.run import EvalConfig, evaluate
@@ -162,12 +207,13 @@ def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | 
 
     model_dir, to = Path(model_dir), Path(to)
     report = json.loads(Path(report_path).read_text())
-    with atomic_path(to) as tmp:
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(model_dir / ADAPTOR_NAME)).items()}
+    card = render_card(report, n_params=sum(v.numel() for v in state.values() if v.is_floating_point()))
+    with atomic_path(to, own_names=(CONFIG_NAME, ADAPTOR_NAME, "CARD.md", "report.json")) as tmp:
         tmp.mkdir(parents=True)
         (tmp / CONFIG_NAME).write_text((model_dir / CONFIG_NAME).read_text())
-        state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(model_dir / ADAPTOR_NAME)).items()}
         save_file(state, str(tmp / ADAPTOR_NAME), metadata={"dtype": "float16"})
-        (tmp / "CARD.md").write_text(render_card(report, n_params=sum(v.numel() for v in state.values() if v.is_floating_point())))
+        (tmp / "CARD.md").write_text(card)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return to
 

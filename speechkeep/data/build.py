@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from speechkeep.errors import DataError
-from speechkeep.io import write_json, write_jsonl
+from speechkeep.config import Checked, ranged
+from speechkeep.errors import DataError, UsageError
+from speechkeep.io import OutputDir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,14 @@ ORIGINAL_VOICE = "original"
 
 
 @dataclass
-class DataBuildConfig:
+class DataBuildConfig(Checked):
     """Options of ``speechkeep data build``."""
 
     questions: str = ""
     """Input questions: a WebQuestions-style JSON array ({qId, qText, answers}), a JSONL file ({id, text, [answers], [response], [audio]} per line), a datasets directory (save_to_disk; an audio column there means no TTS), or webquestions:SPLIT for a WebQuestions split shipped with the package (trainmodel, val, devtest, heldout)."""
     out: str = ""
     """Output directory: manifest.jsonl, audio/<voice>/<id>.wav, build_info.json, caches."""
-    limit: int | None = None
+    limit: int | None = ranged(None, ge=1)
     """Use only the first N questions (None: all)."""
     voices: list[str] = field(default_factory=list)
     """TTS voices for the items (names from the voice registry); empty: every voice except the eval voices."""
@@ -68,13 +69,13 @@ class DataBuildConfig:
     """Decide the split by the voice: items are spread over voices + eval_voices, and those spoken by an eval voice form eval_split (needs eval_voices)."""
     teacher: str | None = None
     """LLM spec whose own greedy response to each text question becomes the training target (e.g. bundled:smollm2-135m); None keeps responses from the input."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = ranged(64, ge=1)
     """Teacher: maximum new tokens per response."""
-    teacher_batch_size: int = 16
+    teacher_batch_size: int = ranged(16, ge=1)
     """Teacher: questions per generation batch (left-padded, sorted by length)."""
     system_prompt: str | None = None
     """Teacher: system prompt (None keeps the chat template's default; use the one the speech LLM will use)."""
-    workers: int = 2
+    workers: int = ranged(2, ge=1)
     """TTS worker processes (each uses one core)."""
     skip_bad: bool = False
     """Skip bad input lines/items (malformed JSON, empty text, duplicate id, bad audio) instead of stopping; they are counted and listed in OUT/skipped.jsonl."""
@@ -86,10 +87,12 @@ class DataBuildConfig:
     """Feature cache encoding: 'padded' to Whisper's 30-s window (Whisper's own) or 'variable' (only the real frames, faster)."""
     deterministic_tts: bool = False
     """Run piper noise-free (flatter prosody). Audio is reproducible either way: by default piper's natural noise is seeded per utterance from (text, voice, seed)."""
-    seed: int = 0
+    seed: int = ranged(0, ge=0)
     """Seed of the voice assignment and of piper's noise: another seed gives another voice per item and other renditions (each still reproducible, bit-identical on the same machine)."""
     progress: bool = True
     """Show progress bars (rate and ETA)."""
+    overwrite: bool = False
+    """Write into an output directory that is not empty and not a previous `speechkeep data build` output."""
 
 
 @dataclass
@@ -150,19 +153,22 @@ def file_stem(item_id: str) -> str:
 
 
 def _check_config(cfg: DataBuildConfig) -> None:
+    """Option checks beyond the numeric ranges (those are checked when the config is built)."""
     if not cfg.questions:
-        raise DataError("no questions given (--questions FILE)")
+        raise UsageError("no questions given (--questions FILE)")
     if not cfg.out:
-        raise DataError("no output directory given (--out DIR)")
-    for name in ("max_new_tokens", "teacher_batch_size", "workers"):
-        if getattr(cfg, name) < 1:
-            raise DataError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise DataError(f"limit must be >= 1, got {cfg.limit}")
+        raise UsageError("no output directory given (--out DIR)")
     if not cfg.split or not cfg.eval_split:
-        raise DataError("split names must not be empty")
+        raise UsageError("split names must not be empty")
     if cfg.encode_mode not in ("padded", "variable"):
-        raise DataError(f"encode_mode must be 'padded' or 'variable', got {cfg.encode_mode!r}")
+        raise UsageError(f"encode_mode must be 'padded' or 'variable', got {cfg.encode_mode!r}")
+
+
+def _resumable(out: Path) -> bool:
+    """Whether a failed build left work worth keeping (audio, teacher responses, features)."""
+    from speechkeep.io import has_files
+
+    return has_files(out / "audio", "*.wav") or (out / "teacher_cache.jsonl").is_file() or has_files(out / "features")
 
 
 def _voice_pools(cfg: DataBuildConfig) -> tuple[list[str], list[str]]:
@@ -170,16 +176,16 @@ def _voice_pools(cfg: DataBuildConfig) -> tuple[list[str], list[str]]:
 
     for name in [*cfg.voices, *cfg.eval_voices]:
         if name not in VOICES:
-            raise DataError(f"unknown voice {name!r}; valid voices: {', '.join(VOICES)}")
+            raise UsageError(f"unknown voice {name!r}; valid voices: {', '.join(VOICES)}")
     both = sorted(set(cfg.voices) & set(cfg.eval_voices))
     if both:
-        raise DataError(f"voice(s) {', '.join(both)} given both as voices and as held-out eval voices")
+        raise UsageError(f"voice(s) {', '.join(both)} given both as voices and as held-out eval voices")
     held = list(dict.fromkeys(cfg.eval_voices))
     pool = list(dict.fromkeys(cfg.voices)) or [v for v in VOICES if v not in held]
     if not pool:
-        raise DataError("no voices left for the non-evaluation items (every voice is held out)")
+        raise UsageError("no voices left for the non-evaluation items (every voice is held out)")
     if cfg.split_by_voice and not held:
-        raise DataError("split_by_voice needs held-out eval voices (--eval-voices)")
+        raise UsageError("split_by_voice needs held-out eval voices (--eval-voices)")
     return pool, held
 
 
@@ -221,9 +227,18 @@ def _plan(items, cfg: DataBuildConfig, out: Path) -> list[_Planned]:
 
 def _import_audio(pl: _Planned) -> float:
     """Convert supplied audio to 16-kHz mono WAV at ``pl.path``; return its duration (DataError if bad)."""
+    from speechkeep.audio import TARGET_SR, save_wav
+
+    audio = _decode_supplied(pl)
+    save_wav(pl.path, audio, TARGET_SR)
+    return len(audio) / TARGET_SR
+
+
+def _decode_supplied(pl: _Planned):
+    """The supplied audio of ``pl`` as 16-kHz mono float32 (DataError if bad or too long)."""
     import soundfile as sf
 
-    from speechkeep.audio import MAX_SECONDS, TARGET_SR, check_duration, load_audio, save_wav, to_mono_16k
+    from speechkeep.audio import MAX_SECONDS, TARGET_SR, check_duration, load_audio, to_mono_16k
 
     it = pl.item
     if it.audio_bytes is not None:
@@ -239,8 +254,7 @@ def _import_audio(pl: _Planned) -> float:
         audio = load_audio(it.audio_path)
         src = it.audio_path
     check_duration(audio, TARGET_SR, src, max_seconds=MAX_SECONDS)
-    save_wav(pl.path, audio, TARGET_SR)
-    return len(audio) / TARGET_SR
+    return audio
 
 
 def _wav_seconds(path: Path) -> float:
@@ -254,26 +268,69 @@ def _wav_seconds(path: Path) -> float:
 
 
 def build_dataset(cfg: DataBuildConfig) -> BuildReport:
-    """Run the whole pipeline (see the module docstring); return what was done."""
-    from speechkeep.audio import MAX_SECONDS, TARGET_SR
-    from speechkeep.config import config_to_dict
-    from speechkeep.data.manifest import MANIFEST_NAME, ManifestRow, write_manifest
+    """Run the whole pipeline (see the module docstring); return what was done.
+
+    The options, the output directory (see :func:`speechkeep.io.output_dir`) and the questions are
+    checked before anything is written."""
     from speechkeep.data.questions import read_questions
-    from speechkeep.data.tts import synthesize_many
 
     _check_config(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from speechkeep.data.questions import resolve_questions_path
+
+    guard = OutputDir(out, "data-build", overwrite=cfg.overwrite, inputs=[resolve_questions_path(cfg.questions)],
+                      keep=_resumable)
+    guard.check()
+    _voice_pools(cfg)
+    if cfg.teacher:  # a spec that does not resolve fails now, not after the TTS
+        from speechkeep.models.llm import resolve_llm_dir
+
+        resolve_llm_dir(cfg.teacher)
+    if cfg.features:
+        from speechkeep.models.speech_encoder import resolve_encoder_dir
+
+        resolve_encoder_dir(cfg.speech_encoder)
+    t_start = time.perf_counter()
+    read = read_questions(cfg.questions, skip_bad=cfg.skip_bad)
+    items = read.items[: cfg.limit] if cfg.limit else read.items
+    plans = _plan(items, cfg, out)
+    plans, bad_audio = _precheck_supplied_audio(plans, cfg)
+    with guard:
+        return _build_into(cfg, out, read, plans, bad_audio, t_start)
+
+
+def _precheck_supplied_audio(plans: list[_Planned], cfg: DataBuildConfig) -> tuple[list[_Planned], list[dict]]:
+    """Decode every supplied audio file not converted yet, before the output directory is created:
+    a bad file fails the build (or, with skip_bad, is skipped) before anything is written."""
+    kept, skipped = [], []
+    for pl in plans:
+        if pl.item.has_audio and not pl.path.exists():
+            try:
+                _decode_supplied(pl)
+            except DataError as e:
+                msg = f"id {pl.item.id!r}: {e}"
+                if not cfg.skip_bad:
+                    raise DataError(f"{pl.item.where}: {msg}") from None
+                skipped.append({"source": pl.item.source, "line": pl.item.line, "reason": msg})
+                continue
+        kept.append(pl)
+    return kept, skipped
+
+
+def _build_into(cfg: DataBuildConfig, out: Path, read, plans: list[_Planned], bad_audio: list[dict],
+                t_start: float) -> BuildReport:
+    from speechkeep.audio import MAX_SECONDS, TARGET_SR
+    from speechkeep.config import config_to_dict
+    from speechkeep.data.manifest import MANIFEST_NAME, ManifestRow, write_manifest
+    from speechkeep.data.tts import synthesize_many
+
     timings: dict[str, float] = {}
     counts: dict[str, int] = {}
-    t_start = t = time.perf_counter()
+    t = t_start
 
-    # 1. questions
-    read = read_questions(cfg.questions, skip_bad=cfg.skip_bad)
-    skipped = [{"source": read.path, "line": n, "reason": r} for n, r in read.skipped]
-    items = read.items[: cfg.limit] if cfg.limit else read.items
+    # 1. questions (read and planned by the caller, before the output directory was created)
+    skipped = [{"source": read.path, "line": n, "reason": r} for n, r in read.skipped] + bad_audio
     counts["questions_read"] = len(read.items)
-    plans = _plan(items, cfg, out)
     timings["read"] = time.perf_counter() - t
 
     # Audio written by an earlier run for other text/voice settings is stale: redo it.

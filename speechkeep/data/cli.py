@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from speechkeep.config import field_docs
+from speechkeep.config import arg_type, field_docs
 from speechkeep.data.build import DataBuildConfig
 
 
@@ -39,7 +39,7 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``data build`` (one per DataBuildConfig field)."""
     p.add_argument("--questions", required=True, metavar="FILE", help=_help("questions"))
     p.add_argument("--out", required=True, metavar="DIR", help=_help("out"))
-    p.add_argument("--limit", type=int, metavar="N", help=_help("limit"))
+    p.add_argument("--limit", type=arg_type((DataBuildConfig, "limit")), metavar="N", help=_help("limit"))
     p.add_argument("--voices", type=_voice_list, default=[], metavar="V1,V2",
                    help=_help("voices", " Comma-separated; names in speechkeep.data.tts.VOICES.", "all but the eval voices"))
     p.add_argument("--eval-voices", type=_voice_list, default=[], metavar="V1,V2",
@@ -48,16 +48,19 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-split", default="eval", metavar="NAME", help=_help("eval_split"))
     p.add_argument("--split-by-voice", action="store_true", help=_help("split_by_voice"))
     p.add_argument("--teacher", metavar="MODEL_SPEC", help=_help("teacher"))
-    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help=_help("max_new_tokens"))
-    p.add_argument("--teacher-batch-size", type=int, default=16, metavar="N", help=_help("teacher_batch_size"))
+    p.add_argument("--max-new-tokens", type=arg_type((DataBuildConfig, "max_new_tokens")), default=64, metavar="N",
+                   help=_help("max_new_tokens"))
+    p.add_argument("--teacher-batch-size", type=arg_type((DataBuildConfig, "teacher_batch_size")), default=16,
+                   metavar="N", help=_help("teacher_batch_size"))
     p.add_argument("--system-prompt", metavar="TEXT", help=_help("system_prompt"))
-    p.add_argument("--workers", type=int, default=2, metavar="N", help=_help("workers"))
+    p.add_argument("--workers", type=arg_type((DataBuildConfig, "workers")), default=2, metavar="N", help=_help("workers"))
     p.add_argument("--skip-bad", action="store_true", help=_help("skip_bad"))
     p.add_argument("--features", action=argparse.BooleanOptionalAction, default=True, help=_help("features"))
     p.add_argument("--speech-encoder", default="bundled:whisper-tiny.en", metavar="SPEC", help=_help("speech_encoder"))
     p.add_argument("--encode-mode", choices=["padded", "variable"], default="padded", help=_help("encode_mode"))
     p.add_argument("--deterministic-tts", action="store_true", help=_help("deterministic_tts"))
-    p.add_argument("--seed", type=int, default=0, help=_help("seed"))
+    p.add_argument("--seed", type=arg_type((DataBuildConfig, "seed")), default=0, help=_help("seed"))
+    p.add_argument("--overwrite", action="store_true", help=_help("overwrite"))
     p.add_argument("--no-progress", dest="progress", action="store_false", help="Hide the progress bars.")
 
 
@@ -83,7 +86,15 @@ def config_from_args(args: argparse.Namespace) -> DataBuildConfig:
 
 def run_data_build(args: argparse.Namespace) -> int:
     """Run ``data build`` from parsed arguments; print the summary. SpeechkeepError propagates."""
+    from pathlib import Path
+
     from speechkeep.data.build import build_dataset
+    from speechkeep.errors import UsageError
+
+    from speechkeep.data.questions import WEBQUESTIONS_PREFIX
+
+    if not args.questions.startswith(WEBQUESTIONS_PREFIX) and not Path(args.questions).exists():
+        raise UsageError(f"--questions {args.questions}: no such file or directory")
 
     report = build_dataset(config_from_args(args))
     print(report.summary())
@@ -106,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpeechkeepError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

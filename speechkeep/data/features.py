@@ -4,7 +4,12 @@ Each utterance's frames ``(T, d_encoder)`` are stored as fp16 safetensors under
 ``<root>/<key[:2]>/<key>.safetensors`` where ``key = sha256(encoder identity, mode, sha256 of the
 audio file's bytes)``. The key changes when the encoder weights, the encoding mode or the audio
 content changes, never because a file was moved or renamed. Files are written atomically; an
-unreadable cache file counts as a miss and is rewritten.
+unreadable cache file (or one holding NaN/infinity) counts as a miss and is rewritten. Features that
+are not finite are never stored: the audio is reported as a :class:`~speechkeep.errors.DataError`.
+
+``read_roots``: more cache directories that are only read (a dataset's own ``features/``, which
+evaluation and training never write to: it may be read-only or shared); misses are written to
+``root``.
 
 Misses are computed in batches of similar length (padded mode: 8 per batch, variable mode: 16),
 with a progress bar. Training and evaluation read features with :meth:`FeatureCache.get` and pass
@@ -58,11 +63,13 @@ class FeatureCache:
     (default ``cache_dir('features')``; a dataset build uses ``DIR/features``)."""
 
     def __init__(self, root: str | os.PathLike | None, encoder, mode: str = "padded",
-                 batch_size: int | None = None, progress: bool = True):
+                 batch_size: int | None = None, progress: bool = True,
+                 read_roots: Sequence[str | os.PathLike] = ()):
         if mode not in BATCH_SIZES:
             raise DataError(f"encode mode must be one of {', '.join(BATCH_SIZES)}, got {mode!r}")
         self.root = Path(root) if root is not None else cache_dir("features")
         self.root.mkdir(parents=True, exist_ok=True)
+        self.read_roots = [Path(r) for r in read_roots if Path(r).resolve() != self.root.resolve()]
         self._encoder = encoder if not isinstance(encoder, str) else None
         self._spec = encoder if isinstance(encoder, str) else None
         self.mode = mode
@@ -115,8 +122,12 @@ class FeatureCache:
         k = self.key(audio_path)
         return self.root / k[:2] / f"{k}.safetensors"
 
+    def _candidates(self, audio_path: str | os.PathLike) -> list[Path]:
+        own = self.path_for(audio_path)
+        return [own] + [r / own.relative_to(self.root) for r in self.read_roots]
+
     def contains(self, audio_path: str | os.PathLike) -> bool:
-        return self.path_for(audio_path).is_file()
+        return any(c.is_file() for c in self._candidates(audio_path))
 
     # ---------------------------------------------------------------- reading and computing
     def get(self, paths: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
@@ -126,7 +137,11 @@ class FeatureCache:
         out: list[torch.Tensor | None] = [None] * len(paths)
         missing: list[int] = []
         for i, p in enumerate(paths):
-            feats = self._read(self.path_for(p))
+            feats = None
+            for c in self._candidates(p):
+                feats = self._read(c)
+                if feats is not None:
+                    break
             if feats is None:
                 missing.append(i)
             else:
@@ -156,10 +171,14 @@ class FeatureCache:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(file))[TENSOR_NAME]
+            feats = load_file(str(file))[TENSOR_NAME]
         except Exception as e:  # a torn or foreign file: recompute it
             log.warning("unreadable feature-cache file %s (%s); recomputing", file, e)
             return None
+        if not torch.isfinite(feats).all():  # written by an older version from bad audio
+            log.warning("feature-cache file %s holds NaN/infinity; recomputing", file)
+            return None
+        return feats
 
     def _compute(self, paths: Sequence[str | os.PathLike], keep: bool):
         """Yield (index into ``paths``, features) for each computed item; stores each one."""
@@ -186,6 +205,9 @@ class FeatureCache:
                     raise DataError(f"{e} (batch of {', '.join(str(paths[i]) for i in idx)})") from None
                 for i, f in zip(idx, feats):
                     f16 = f.detach().to("cpu", torch.float16).contiguous()
+                    if not torch.isfinite(f16).all():
+                        raise DataError(f"audio {paths[i]}: the encoder's features are not finite (NaN or "
+                                        "infinity: extreme sample values?); not cached")
                     target = self.path_for(paths[i])
                     target.parent.mkdir(parents=True, exist_ok=True)
                     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

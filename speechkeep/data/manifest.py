@@ -102,25 +102,49 @@ def read_manifest(path: str | os.PathLike, check_audio: bool = False) -> list[Ma
     base = path.parent.resolve()
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON at column {e.colno}: {e.msg}") from None
-            row = _row_from(obj, where)
-            a = Path(row.audio)
-            row.audio = str(a if a.is_absolute() else base / a)
-            if check_audio and not Path(row.audio).is_file():
-                raise DataError(f"{where}: audio file not found: {row.audio}")
-            if row.id in seen:
-                raise DataError(f"{where}: duplicate id {row.id!r} (first at line {seen[row.id]})")
-            seen[row.id] = n
-            rows.append(row)
+    for n, raw, bad in decoded_lines(path):
+        where = f"{path}:{n}"
+        if bad is not None:
+            raise DataError(f"{where}: {bad}")
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: malformed JSON at column {e.colno}: {e.msg}") from None
+        row = _row_from(obj, where)
+        a = Path(row.audio)
+        row.audio = str(a if a.is_absolute() else base / a)
+        if check_audio and not Path(row.audio).is_file():
+            raise DataError(f"{where}: audio file not found: {row.audio}")
+        if row.id in seen:
+            raise DataError(f"{where}: duplicate id {row.id!r} (first at line {seen[row.id]})")
+        seen[row.id] = n
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: the manifest has no rows")
     return rows
+
+
+def decoded_lines(path: Path) -> list[tuple[int, str, str | None]]:
+    """``(line number, text, problem)`` of every line of a text file; ``problem`` is None, or why the
+    line is not UTF-8 text (its text is then ""). A leading byte-order mark is ignored."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # after the last newline
+    out = []
+    for n, raw in enumerate(lines, 1):
+        try:
+            out.append((n, raw.decode("utf-8"), None))
+        except UnicodeDecodeError as e:
+            out.append((n, "", f"not UTF-8 text ({e.reason} at byte {e.start} of the line)"))
+    return out
 
 
 def _row_from(obj, where: str) -> ManifestRow:

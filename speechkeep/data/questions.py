@@ -100,18 +100,27 @@ def read_questions(path: str | os.PathLike, skip_bad: bool = False) -> ReadResul
     if not p.is_file():
         raise DataError(f"questions file not found: {p}")
     try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = p.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{p}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        data = p.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read questions file {p}: {e.strerror or e}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        if data.lstrip()[:1] == b"[" or not skip_bad:
+            hint = " (--skip-bad cannot skip parts of a JSON array)" if skip_bad else ""
+            raise DataError(f"{p}:{line}: not UTF-8 text ({e.reason} at byte {e.start}){hint}") from None
+        from speechkeep.data.manifest import decoded_lines
+
+        return _read_jsonl(p, decoded_lines(p), skip_bad)  # --skip-bad: skip the undecodable lines
     stripped = text.lstrip()
     if not stripped:
         raise DataError(f"{p}: the questions file is empty")
     if stripped[0] == "[":
         return _read_json_array(p, text, skip_bad)
-    return _read_jsonl(p, text, skip_bad)
+    return _read_jsonl(p, [(n, raw, None) for n, raw in enumerate(text.splitlines(), 1)], skip_bad)
 
 
 def resolve_questions_path(path: str | os.PathLike) -> Path:
@@ -163,9 +172,12 @@ def _array_elements(text: str) -> Iterator[tuple[int, Any]]:
         i = skip(i)
 
 
-def _read_jsonl(p: Path, text: str, skip_bad: bool) -> ReadResult:
+def _read_jsonl(p: Path, lines: list[tuple[int, str, str | None]], skip_bad: bool) -> ReadResult:
     builder = _Builder(p, skip_bad)
-    for n, raw in enumerate(text.splitlines(), 1):
+    for n, raw, problem in lines:
+        if problem is not None:
+            builder.bad(n, problem)
+            continue
         if not raw.strip():
             continue
         try:

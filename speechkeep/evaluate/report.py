@@ -53,8 +53,9 @@ def format_metrics(m: dict) -> str:
         ctc = f"; the front-end's own CTC transcript {100 * m['asr']['ctc_wer']:.1f}%" if "ctc_wer" in m["asr"] else ""
         lines.append(f"  asr      WER {100 * m['asr']['wer']:.1f}% (LLM-written){ctc}")
     if "ppl" in m:
-        sp = f", speech input {m['ppl']['speech']:.2f}" if "speech" in m["ppl"] else ""
-        lines.append(f"  ppl      text input {m['ppl']['text']:.2f}{sp}")
+        num = lambda x: "not finite" if x is None else f"{x:.2f}"  # noqa: E731
+        sp = f", speech input {num(m['ppl']['speech'])}" if "speech" in m["ppl"] else ""
+        lines.append(f"  ppl      text input {num(m['ppl']['text'])}{sp}")
     if "modality_gap" in m:
         lines.append(f"  modality gap (T2T - S2T): {100 * m['modality_gap']:.1f} points")
     vb = m.get("vs_baseline")
@@ -63,6 +64,12 @@ def format_metrics(m: dict) -> str:
             lines.append(f"  {task} retention vs baseline {_pct(r)}%, drop {100 * vb['drop'][task]:.1f} points")
     for task, why in m.get("skipped", {}).items():
         lines.append(f"  ({task} skipped: {why})")
+    if m.get("without_answers"):
+        w = m["without_answers"]
+        lines.append(f"  ({w['n']} items have no reference answers and are not scored for accuracy: "
+                     f"{', '.join(w['ids'][:5])}{', ...' if w['n'] > 5 else ''})")
+    if m.get("non_finite"):
+        lines.append(f"  (not finite, written as null: {', '.join(m['non_finite']['keys'])})")
     return "\n".join(lines)
 
 

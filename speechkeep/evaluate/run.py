@@ -15,9 +15,10 @@ from typing import Sequence
 
 import torch
 
-from speechkeep.errors import SpeechkeepError
+from speechkeep.config import Checked, ranged
+from speechkeep.errors import DataError, SpeechkeepError, UsageError
 from speechkeep.evaluate.answers import MATCHING_RULE, is_correct
-from speechkeep.io import write_json, write_jsonl
+from speechkeep.io import OutputDir, write_json, write_jsonl
 from speechkeep.models.speech_llm import Query, SpeechLLM, load_speech_llm
 
 ALL_TASKS = ("t2t", "s2t", "ppl", "asr", "cascade")
@@ -26,7 +27,7 @@ NORMALIZER = "Whisper EnglishTextNormalizer (transformers), no British->American
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     """One evaluation."""
 
     model: str = "bundled:smollm2-135m"
@@ -39,11 +40,11 @@ class EvalConfig:
     """Any of t2t, s2t, ppl, asr, cascade."""
     split: str | None = None
     """Use only manifest rows of this split (e.g. 'eval')."""
-    limit: int | None = None
+    limit: int | None = ranged(None, ge=1)
     """Evaluate only the first N items."""
-    max_new_tokens: int = 48
+    max_new_tokens: int = ranged(48, ge=1)
     """Answer length limit for t2t, s2t and cascade."""
-    batch_size: int = 16
+    batch_size: int = ranged(16, ge=1)
     """Generation / scoring batch size."""
     baseline: str | None = None
     """metrics.json of a baseline (e.g. the No-FT model) to compute retention, drop and modality gap against."""
@@ -51,8 +52,10 @@ class EvalConfig:
     """Instruction after the speech for the asr task."""
     ctc_emit: str | None = None
     """For a CTC-aligned adaptor: override what the LLM reads per emitted token ('soft' posterior-weighted embeddings or 'hard' best-token embeddings); None keeps the model's."""
-    asr_max_new_tokens: int = 64
+    asr_max_new_tokens: int = ranged(64, ge=1)
     """Transcript length limit (asr task and the cascade's Whisper)."""
+    overwrite: bool = False
+    """Write into an out directory that is not empty and not a previous `speechkeep eval` output."""
 
 
 @dataclass
@@ -72,7 +75,7 @@ def load_eval_items(data: str, split: str | None, limit: int | None) -> tuple[li
     if p.is_dir():
         p = p / "manifest.jsonl"
     if not p.exists():
-        raise SpeechkeepError(f"evaluation data not found: {p}")
+        raise UsageError(f"evaluation data not found: {p}")
     if p.suffix == ".jsonl" and p.name.startswith("manifest"):
         from speechkeep.data.manifest import read_manifest
 
@@ -90,7 +93,7 @@ def load_eval_items(data: str, split: str | None, limit: int | None) -> tuple[li
     if limit is not None:
         items = items[:limit]
     if not items:
-        raise SpeechkeepError(f"{p}: no items to evaluate (split={split!r})")
+        raise UsageError(f"{p}: no items to evaluate (split={split!r})")
     return items, has_audio
 
 
@@ -155,11 +158,45 @@ def _acc(flags: list[bool]) -> dict:
             "ci95": list(bootstrap_ci(flags))}
 
 
+def finite_or_none(metrics: dict, path: str = "") -> list[str]:
+    """Replace NaN/infinite numbers in ``metrics`` (nested) by None, in place; return their dotted keys.
+
+    JSON has no NaN or infinity: metrics.json reports them as null, listed under ``non_finite``."""
+    bad = []
+    for k, v in list(metrics.items()):
+        key = f"{path}{k}"
+        if isinstance(v, dict):
+            bad += finite_or_none(v, key + ".")
+        elif isinstance(v, float) and not math.isfinite(v):
+            metrics[k] = None
+            bad.append(key)
+    return bad
+
+
+def _read_baseline(path: str) -> dict:
+    base_path = Path(path)
+    if base_path.is_dir():
+        base_path = base_path / "metrics.json"
+    if not base_path.is_file():
+        raise UsageError(f"--baseline {path}: no metrics.json there")
+    try:
+        base = json.loads(base_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise DataError(f"{base_path}: not a readable metrics.json ({e})") from None
+    if not isinstance(base, dict):
+        raise DataError(f"{base_path}: not a metrics.json (expected a JSON object)")
+    for task in ("t2t", "s2t", "cascade"):
+        acc = base.get(task, {}).get("accuracy") if isinstance(base.get(task), dict) else None
+        if task in base and not isinstance(acc, (int, float)):
+            raise DataError(f"{base_path}: '{task}' has no numeric accuracy")
+    return base
+
+
 def compare_to_baseline(metrics: dict, baseline: dict) -> dict:
     """Retention A/B, drop B-A (per task present in both) and the modality gap T2T-S2T."""
     out: dict = {"baseline_model": baseline.get("model")}
     for task in ("t2t", "s2t", "cascade"):
-        if task in metrics and task in baseline:
+        if task in metrics and task in baseline and baseline[task].get("accuracy") is not None:
             a, b = metrics[task]["accuracy"], baseline[task]["accuracy"]
             out.setdefault("retention", {})[task] = a / b if b > 0 else None
             out.setdefault("drop", {})[task] = b - a
@@ -167,19 +204,34 @@ def compare_to_baseline(metrics: dict, baseline: dict) -> dict:
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Run the evaluation; write predictions.jsonl and metrics.json; return the metrics."""
+    """Run the evaluation; write predictions.jsonl and metrics.json; return the metrics.
+
+    The options, the output directory, the data and the baseline are checked before the model is
+    loaded; on an error nothing is left in ``out`` that this run created. Features missing from the
+    data directory's own cache are computed into speechkeep's cache: the data directory is only read."""
     tasks = list(dict.fromkeys(cfg.tasks))
     bad = [t for t in tasks if t not in ALL_TASKS]
     if bad:
-        raise SpeechkeepError(f"unknown eval task '{bad[0]}'; valid: {', '.join(ALL_TASKS)}")
+        raise UsageError(f"unknown eval task '{bad[0]}'; valid: {', '.join(ALL_TASKS)}")
+    if cfg.ctc_emit not in (None, "soft", "hard"):
+        raise UsageError(f"ctc_emit must be 'soft' or 'hard', got {cfg.ctc_emit!r}")
+    from speechkeep.models.speech_llm import check_model_spec
+
+    guard = OutputDir(cfg.out, "eval", overwrite=cfg.overwrite, inputs=[cfg.data, cfg.model, cfg.baseline])
+    guard.check()
     items, has_audio = load_eval_items(cfg.data, cfg.split, cfg.limit)
+    baseline = _read_baseline(cfg.baseline) if cfg.baseline else None
+    check_model_spec(cfg.model)
+    with guard:
+        return _evaluate(cfg, tasks, items, has_audio, baseline)
+
+
+def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audio: bool, baseline: dict | None) -> dict:
     model, speech_trained = load_speech_llm(cfg.model)
     model.eval()
     if cfg.ctc_emit is not None:
         if not getattr(model.adaptor, "is_ctc", False):
             raise SpeechkeepError(f"ctc_emit={cfg.ctc_emit!r} needs a CTC-aligned adaptor; {cfg.model} has none")
-        if cfg.ctc_emit not in ("soft", "hard"):
-            raise SpeechkeepError(f"ctc_emit must be 'soft' or 'hard', got {cfg.ctc_emit!r}")
         model.adaptor.config.ctc_emit = cfg.ctc_emit
     skipped = {}
     for t in list(tasks):
@@ -187,6 +239,11 @@ def evaluate(cfg: EvalConfig) -> dict:
             skipped[t] = "the data has no audio"
         elif t in ("s2t", "asr") and not speech_trained:
             skipped[t] = "a plain LLM spec has no trained speech adaptor"
+    no_answers = [it.id for it in items if not it.answers]
+    if no_answers:  # accuracy is over the items with reference answers; the others are reported, not scored
+        for t in ("t2t", "s2t", "cascade"):
+            if t in tasks and len(no_answers) == len(items):
+                skipped[t] = "no item has reference answers"
     tasks = [t for t in tasks if t not in skipped]
     t0 = time.perf_counter()
     metrics: dict = {"model": cfg.model, "data": cfg.data, "split": cfg.split, "n": len(items),
@@ -198,21 +255,21 @@ def evaluate(cfg: EvalConfig) -> dict:
         from speechkeep.data.features import FeatureCache
 
         root = Path(cfg.data) if Path(cfg.data).is_dir() else Path(cfg.data).parent
-        cache = FeatureCache(root / "features", model.encoder, model.config.encode_mode)
+        cache = FeatureCache(None, model.encoder, model.config.encode_mode, read_roots=[root / "features"])
         feats = cache.get([it.audio for it in items])
 
     def record(task, answers, questions=None):
         flags = []
         for k, (it, a) in enumerate(zip(items, answers)):
-            ok = is_correct(a, it.answers)
-            flags.append(ok)
+            ok = is_correct(a, it.answers) if it.answers else None
+            if ok is not None:
+                flags.append(ok)
             row = {"task": task, "id": it.id, "question": it.text, "response": a, "references": it.answers, "correct": ok}
             if questions is not None:
                 row["transcript"] = questions[k]
             preds.append(row)
         return _acc(flags)
 
-    with_answers = all(it.answers for it in items)
     if "t2t" in tasks:
         ans = generate_all(model, [Query(text=it.text) for it in items], cfg.batch_size, cfg.max_new_tokens, "t2t")
         metrics["t2t"] = record("t2t", ans)
@@ -254,18 +311,20 @@ def evaluate(cfg: EvalConfig) -> dict:
                 fmap = {it.id: f for it, f in zip(items, feats)}
                 metrics["ppl"]["speech"] = perplexity(
                     model, [Query(speech_features=fmap[it.id], response=it.response) for it in scored], cfg.batch_size)
-    if not with_answers:
-        metrics["warning"] = "some items have no reference answers; they count as incorrect"
+    if no_answers:
+        metrics["without_answers"] = {"n": len(no_answers), "ids": no_answers[:50],
+                                      "note": "not scored for accuracy (no reference answers)"}
     if "t2t" in metrics and "s2t" in metrics:
         metrics["modality_gap"] = metrics["t2t"]["accuracy"] - metrics["s2t"]["accuracy"]
-    if cfg.baseline:
-        base_path = Path(cfg.baseline)
-        if base_path.is_dir():
-            base_path = base_path / "metrics.json"
-        metrics["vs_baseline"] = compare_to_baseline(metrics, json.loads(base_path.read_text()))
+    if baseline is not None:
+        metrics["vs_baseline"] = compare_to_baseline(metrics, baseline)
     if skipped:
         metrics["skipped"] = skipped
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    non_finite = finite_or_none(metrics)
+    if non_finite:
+        metrics["non_finite"] = {"keys": non_finite, "note": "NaN or infinite (e.g. a perplexity that overflows): "
+                                                             "written as null"}
     out = Path(cfg.out)
     write_jsonl(out / "predictions.jsonl", preds)
     write_json(out / "metrics.json", metrics)

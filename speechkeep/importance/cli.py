@@ -6,7 +6,32 @@ import argparse
 import json
 from pathlib import Path
 
-from speechkeep.errors import SpeechkeepError
+from speechkeep.config import Range, arg_type
+from speechkeep.errors import UsageError
+
+FRACTION_OF_ROWS = Range(gt=0, le=1)
+"""``importance --fraction``: a share of the manifest's rows, 1 = all."""
+FRACTION_OF_PARAMS = Range(gt=0, lt=1)
+"""``deactivate --fraction``: a share of the parameters to zero."""
+SHARE = Range(gt=0, le=1)
+POSITIVE = Range(ge=1)
+SEED = Range(ge=0)
+
+
+def _check_inputs(model: str | None = None, data: str | None = None) -> None:
+    """Cheap checks of the inputs before any output is created or model loaded."""
+    from speechkeep.models.speech_llm import check_model_spec
+
+    if data is not None and not Path(data).exists():
+        raise UsageError(f"--data {data}: no such file or directory")
+    if model is not None:
+        check_model_spec(model)
+
+
+def _out(args, command: str, inputs=()):
+    from speechkeep.io import output_dir
+
+    return output_dir(args.out, command, overwrite=args.overwrite, inputs=[i for i in inputs if i])
 
 
 def _load(spec: str):
@@ -24,15 +49,17 @@ def cmd_importance(args) -> None:
     from speechkeep.importance.runs import batched, queries_from_manifest, save_importance
     from speechkeep.importance.taylor import compute_importance
 
-    model, trained = _load(args.model)
-    if args.input == "speech" and not trained:
-        raise SpeechkeepError("speech-input importance needs a trained speech model (a run or SpeechLLM directory)")
-    fraction = None if args.fraction <= 0 or args.fraction >= 1 else args.fraction
-    queries = queries_from_manifest(args.data, args.input, model, fraction, args.limit, args.split, seed=args.seed)
-    res = compute_importance(model, batched(queries, args.batch_size), convention=args.convention)
-    res.meta.update({"model": args.model, "data": args.data, "input": args.input, "fraction": fraction,
-                     "split": args.split})
-    summary = save_importance(args.out, res.scores, res.meta)
+    _check_inputs(args.model, args.data)
+    fraction = None if args.fraction >= 1 else args.fraction
+    with _out(args, "importance", [args.model, args.data]):
+        model, trained = _load(args.model)
+        if args.input == "speech" and not trained:
+            raise UsageError("speech-input importance needs a trained speech model (a run or SpeechLLM directory)")
+        queries = queries_from_manifest(args.data, args.input, model, fraction, args.limit, args.split, seed=args.seed)
+        res = compute_importance(model, batched(queries, args.batch_size), convention=args.convention)
+        res.meta.update({"model": args.model, "data": args.data, "input": args.input, "fraction": fraction,
+                         "split": args.split})
+        summary = save_importance(args.out, res.scores, res.meta)
     shares = [v / summary["layer_total"] for v in summary["per_layer"]]
     peak = max(range(len(shares)), key=shares.__getitem__) if shares else None
     print(f"importance ({args.convention}, {args.input} input) of {len(res.scores)} tensors over "
@@ -46,20 +73,27 @@ def cmd_deactivate(args) -> None:
     from speechkeep.importance.runs import load_scores, queries_from_manifest
     from speechkeep.io import write_json
 
-    model, trained = _load(args.model)
-    if args.input == "speech" and not trained:
-        raise SpeechkeepError("speech input needs a trained speech model (a run or SpeechLLM directory)")
-    queries = queries_from_manifest(args.data, args.input, model, None, args.limit, args.split)
-    table = deactivation_table(model, load_scores(args.importance), queries, args.fraction, args.scope,
-                               args.batch_size, args.seed, include_embeddings=args.include_embeddings)
-    table.update({"model": args.model, "importance": args.importance, "data": args.data, "input": args.input})
+    import contextlib
+
+    _check_inputs(args.model, args.data)
+    scores = load_scores(args.importance)
+    guard = _out(args, "deactivate", [args.model, args.data, args.importance]) if args.out else contextlib.nullcontext()
+    with guard:
+        model, trained = _load(args.model)
+        if args.input == "speech" and not trained:
+            raise UsageError("speech input needs a trained speech model (a run or SpeechLLM directory)")
+        queries = queries_from_manifest(args.data, args.input, model, None, args.limit, args.split)
+        table = deactivation_table(model, scores, queries, args.fraction, args.scope,
+                                   args.batch_size, args.seed, include_embeddings=args.include_embeddings)
+        table.update({"model": args.model, "importance": args.importance, "data": args.data, "input": args.input})
+        if args.out:
+            write_json(Path(args.out) / "deactivation.json", table)
     pct = f"{100 * args.fraction:g}%"
     print(f"perplexity on {table['n_eval']} held-out responses ({args.input} input), {pct} of "
           f"{table['n_scored_params']:,} parameters zeroed ({args.scope}):")
     print(f"| base | top {pct} | bottom {pct} | random {pct} |\n|---|---|---|---|")
     print(f"| {table['base']:.3g} | {table['top']:.3g} | {table['bottom']:.3g} | {table['random']:.3g} |")
     if args.out:
-        write_json(Path(args.out) / "deactivation.json", table)
         print(f"wrote {args.out}/deactivation.json")
 
 
@@ -67,11 +101,16 @@ def cmd_compare(args) -> None:
     from speechkeep.importance.distribution import compare_runs
     from speechkeep.io import write_json
 
+    from speechkeep.importance.runs import load_summary
+
     if args.labels and len(args.labels) != len(args.runs):
-        raise SpeechkeepError(f"{len(args.labels)} labels for {len(args.runs)} runs")
+        raise UsageError(f"{len(args.labels)} labels for {len(args.runs)} runs")
+    for r in args.runs:
+        load_summary(r)  # each is an importance run, before anything is written
     out = Path(args.out)
-    res = compare_runs(args.runs, args.labels, str(out / "layer_importance.png"), relative=not args.absolute)
-    write_json(out / "shift.json", res)
+    with _out(args, "importance-compare", args.runs):
+        res = compare_runs(args.runs, args.labels, str(out / "layer_importance.png"), relative=not args.absolute)
+        write_json(out / "shift.json", res)
     for lab, m in res["shift"].items():
         print(f"{res['reference']} -> {lab}: JS divergence {m['js_divergence']:.4f}, Spearman {m['spearman']:.3f}, "
               f"magnitude x{m['magnitude_ratio']:.3f}, peak layer {m['peak_layer_before']} -> {m['peak_layer_after']}")
@@ -91,21 +130,44 @@ def cmd_heatmap(args) -> None:
     out = Path(args.out)
     names = args.matrices or [f"model.layers.{i}.{m}.weight" for i in (0, args.layer) for m in
                               ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj")]
-    result = {}
+    if bool(args.before) != bool(args.after):
+        raise UsageError("--before and --after go together (parameter change between two models)")
+    if not args.importance and not args.before:
+        raise UsageError("give --importance RUN (rank clustering) and/or --before/--after (parameter change)")
+    scores = None
     if args.importance:
-        result["rank_clustering"] = rank_clustering_report(load_scores(args.importance), names,
-                                                           out / "rank_clustering.png", args.top, args.rows)
-        for n, r in result["rank_clustering"].items():
-            print(f"{n}: top-{100 * args.top:g}% concentration in top-{100 * args.rows:g}% rows x{r['rows']:.2f} "
-                  f"(random {r['rows_random']:.2f}), columns x{r['cols']:.2f} (random {r['cols_random']:.2f})")
-    if args.before and args.after:
-        before, after = _llm_params(args.before), _llm_params(args.after)
-        result["parameter_change"] = parameter_change_report(before, after, names, out / "parameter_change.png")
-        for n, r in result["parameter_change"].items():
-            print(f"{n}: mean |dW| {r['mean_abs_change']:.2e}, energy in top-8 singular directions {r['energy_top8']:.3f}")
-    if not result:
-        raise SpeechkeepError("give --importance RUN (rank clustering) and/or --before/--after (parameter change)")
-    write_json(out / "heatmaps.json", result)
+        scores = load_scores(args.importance)
+        missing = [n for n in names if n not in scores]
+        if missing:
+            example = next((n for n in scores if n.endswith("q_proj.weight")), next(iter(scores), "none"))
+            raise UsageError(f"--importance {args.importance}: no scores for {missing[0]} (another model, or --layer/"
+                             f"--matrices beyond it?); e.g. {example}")
+    if args.before:
+        from speechkeep.models.speech_llm import check_model_spec
+
+        check_model_spec(args.before, "--before")
+        check_model_spec(args.after, "--after")
+    result = {}
+    with _out(args, "heatmap", [args.importance, args.before, args.after]):
+        if scores is not None:
+            result["rank_clustering"] = rank_clustering_report(scores, names, out / "rank_clustering.png", args.top,
+                                                               args.rows)
+            for n, r in result["rank_clustering"].items():
+                print(f"{n}: top-{100 * args.top:g}% concentration in top-{100 * args.rows:g}% rows x{r['rows']:.2f} "
+                      f"(random {r['rows_random']:.2f}), columns x{r['cols']:.2f} (random {r['cols_random']:.2f})")
+        if args.before and args.after:
+            before, after = _llm_params(args.before), _llm_params(args.after)
+            missing = [n for n in names if n not in before or n not in after]
+            if missing:
+                raise UsageError(f"--before/--after: no parameter {missing[0]} in both models")
+            bad = [n for n in names if before[n].shape != after[n].shape]
+            if bad:
+                raise UsageError(f"--before/--after: {bad[0]} has shape {tuple(before[bad[0]].shape)} vs "
+                                 f"{tuple(after[bad[0]].shape)}: not the same architecture")
+            result["parameter_change"] = parameter_change_report(before, after, names, out / "parameter_change.png")
+            for n, r in result["parameter_change"].items():
+                print(f"{n}: mean |dW| {r['mean_abs_change']:.2e}, energy in top-8 singular directions {r['energy_top8']:.3f}")
+        write_json(out / "heatmaps.json", result)
     print(f"wrote {out}/heatmaps.json and PNGs")
 
 
@@ -121,11 +183,14 @@ def add_importance_parsers(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--convention", choices=["abs_sum", "signed_sum"], default=DEFAULT_CONVENTION,
                    help=f"abs_sum: sum_b |g_b*theta|; signed_sum: |theta * sum_b g_b| (default {DEFAULT_CONVENTION})")
-    p.add_argument("--fraction", type=float, default=1 / 30, help="seeded share of the manifest's rows (default 1/30, as the seed; 1 = all)")
-    p.add_argument("--limit", type=int, default=None, help="at most N rows (after --fraction)")
+    p.add_argument("--fraction", type=arg_type(FRACTION_OF_ROWS, float), default=1 / 30,
+                   help="seeded share of the manifest's rows, in (0, 1] (default 1/30, as the seed; 1 = all)")
+    p.add_argument("--limit", type=arg_type(POSITIVE), default=None, help="at most N rows (after --fraction)")
     p.add_argument("--split", default=None, help="only rows of this split")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the row sample (default 0)")
+    p.add_argument("--batch-size", type=arg_type(POSITIVE), default=8, help="batch size (default 8)")
+    p.add_argument("--seed", type=arg_type(SEED), default=0, help="seed of the row sample (default 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out directory that is not empty and not an earlier importance run")
     p.set_defaults(func=cmd_importance)
 
     p = sub.add_parser("deactivate", help="zero the top/bottom/random fraction by importance; perplexity (seed Table 1)",
@@ -135,16 +200,19 @@ def add_importance_parsers(sub) -> None:
     p.add_argument("--importance", required=True, help="an importance run directory")
     p.add_argument("--data", required=True, help="held-out spoken manifest with reference responses")
     p.add_argument("--input", choices=["text", "speech"], default="text", help="text or spoken questions (default text)")
-    p.add_argument("--fraction", type=float, default=0.03, help="share of parameters to zero (default 0.03)")
+    p.add_argument("--fraction", type=arg_type(FRACTION_OF_PARAMS, float), default=0.03,
+                   help="share of parameters to zero, in (0, 1) (default 0.03)")
     p.add_argument("--scope", choices=["global", "per_matrix"], default="global",
                    help="rank all parameters together (global, default) or within each weight tensor")
     p.add_argument("--include-embeddings", action="store_true",
                    help="also rank and zero the (tied) embedding matrix (default: excluded; see the module docs)")
     p.add_argument("--split", default=None, help="only rows of this split")
-    p.add_argument("--limit", type=int, default=None, help="at most N held-out items")
-    p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random selection (default 0)")
+    p.add_argument("--limit", type=arg_type(POSITIVE), default=None, help="at most N held-out items")
+    p.add_argument("--batch-size", type=arg_type(POSITIVE), default=16, help="batch size (default 16)")
+    p.add_argument("--seed", type=arg_type(SEED), default=0, help="seed of the random selection (default 0)")
     p.add_argument("--out", default=None, help="directory for deactivation.json")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out directory that is not empty and not an earlier deactivate output")
     p.set_defaults(func=cmd_deactivate)
 
     p = sub.add_parser("importance-compare", help="layer-wise importance distributions and their shift (seed Fig. 2/3)",
@@ -154,6 +222,8 @@ def add_importance_parsers(sub) -> None:
     p.add_argument("--labels", nargs="+", help="legend labels (default: directory names)")
     p.add_argument("--absolute", action="store_true", help="plot absolute layer totals instead of shares")
     p.add_argument("--out", required=True, help="output directory (layer_importance.png, shift.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out directory that is not empty and not an earlier importance-compare output")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("heatmap", help="rank-clustering heatmaps (seed Fig. 1) and parameter-change heatmaps (Fig. 4)",
@@ -163,8 +233,12 @@ def add_importance_parsers(sub) -> None:
     p.add_argument("--before", help="model before fine-tuning (LLM spec or SpeechLLM directory)")
     p.add_argument("--after", help="model after fine-tuning (run or SpeechLLM directory)")
     p.add_argument("--matrices", nargs="+", help="parameter names (default: q, o, down projections of layer 0 and --layer)")
-    p.add_argument("--layer", type=int, default=15, help="second layer for the default matrices (default 15)")
-    p.add_argument("--top", type=float, default=0.05, help="share of entries marked important (default 0.05)")
-    p.add_argument("--rows", type=float, default=0.05, help="share of rows/columns for the concentration score (default 0.05)")
+    p.add_argument("--layer", type=arg_type(SEED), default=15, help="second layer for the default matrices (default 15)")
+    p.add_argument("--top", type=arg_type(SHARE, float), default=0.05,
+                   help="share of entries marked important, in (0, 1] (default 0.05)")
+    p.add_argument("--rows", type=arg_type(SHARE, float), default=0.05,
+                   help="share of rows/columns for the concentration score, in (0, 1] (default 0.05)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out directory that is not empty and not an earlier heatmap output")
     p.set_defaults(func=cmd_heatmap)

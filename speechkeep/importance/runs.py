@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from speechkeep.errors import SpeechkeepError
+from speechkeep.errors import DataError, SpeechkeepError, UsageError
 from speechkeep.importance.summary import MODULE_TYPES, summarize
 from speechkeep.io import atomic_path, write_json
 from speechkeep.models.speech_llm import Query, SpeechLLM
@@ -46,17 +46,36 @@ def save_importance(out: str | Path, scores: dict[str, torch.Tensor], meta: dict
 
 
 def load_summary(run: str | Path) -> dict:
+    """An importance run's summary.json (UsageError if ``run`` is not a run, DataError if it is damaged)."""
     p = Path(run) / "summary.json"
-    if not p.exists():
-        raise SpeechkeepError(f"{run} is not an importance run (no summary.json)")
-    return json.loads(p.read_text())
+    if not Path(run).exists():
+        raise UsageError(f"importance run {run}: no such directory")
+    if not p.is_file():
+        raise UsageError(f"{run} is not an importance run (no summary.json)")
+    try:
+        summary = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise DataError(f"{p}: not a readable importance summary ({e})") from None
+    need = ("n_layers", "per_layer")
+    if not isinstance(summary, dict) or any(k not in summary for k in need) or not isinstance(summary["per_layer"], list):
+        raise DataError(f"{p}: not an importance summary (needs {', '.join(need)})")
+    return summary
 
 
 def load_scores(run: str | Path) -> dict[str, torch.Tensor]:
+    """An importance run's per-parameter scores (UsageError if not a run, DataError if damaged)."""
+    from speechkeep.models.speech_llm import read_safetensors
+
     p = Path(run) / SCORES_NAME
+    if not Path(run).exists():
+        raise UsageError(f"importance run {run}: no such directory")
     if not p.exists():
-        raise SpeechkeepError(f"{run} is not an importance run (no {SCORES_NAME})")
-    return load_file(str(p))
+        raise UsageError(f"{run} is not an importance run (no {SCORES_NAME})")
+    scores = read_safetensors(p, "importance scores")
+    bad = [n for n, t in scores.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise DataError(f"{p}: the scores of {bad[0]} are not finite")
+    return scores
 
 
 def queries_from_manifest(manifest: str, input: Literal["text", "speech"], model: SpeechLLM, fraction: float | None,
@@ -70,9 +89,11 @@ def queries_from_manifest(manifest: str, input: Literal["text", "speech"], model
         rows = [r for r in rows if r.split == split]
     if exclude_split is not None:
         rows = [r for r in rows if r.split != exclude_split]
+    if not rows:
+        raise UsageError(f"{manifest}: no rows of split {split!r}")
     rows = [r for r in rows if r.response]
     if not rows:
-        raise SpeechkeepError(f"{manifest}: no rows with responses (build the data with --teacher)")
+        raise DataError(f"{manifest}: no rows with responses (build the data with --teacher)")
     if fraction is not None:
         n = max(1, int(round(len(rows) * fraction)))
         idx = np.sort(np.random.default_rng(seed).permutation(len(rows))[:n])
@@ -84,7 +105,8 @@ def queries_from_manifest(manifest: str, input: Literal["text", "speech"], model
     from speechkeep.data.features import FeatureCache
 
     root = features_dir or str(Path(manifest).parent / "features" if Path(manifest).is_file() else Path(manifest) / "features")
-    feats = FeatureCache(root, model.encoder, model.config.encode_mode).get([r.audio for r in rows])
+    # The dataset's features are read, never written: misses go to speechkeep's own cache.
+    feats = FeatureCache(None, model.encoder, model.config.encode_mode, read_roots=[root]).get([r.audio for r in rows])
     return [Query(speech_features=f, response=r.response) for f, r in zip(feats, rows)]
 
 

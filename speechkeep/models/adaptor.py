@@ -24,29 +24,28 @@ from typing import Literal
 import torch
 from torch import nn
 
+from speechkeep.config import Checked, check_ranges, ranged
+
 
 @dataclass
-class AdaptorConfig:
+class AdaptorConfig(Checked):
     """Shape of the frame-stacking MLP adaptor."""
 
-    stack_frames: int = 5
+    stack_frames: int = ranged(5, ge=1)
     """k: consecutive encoder frames concatenated into one speech token (LLaMA-Omni: 5)."""
-    hidden_size: int = 2048
+    hidden_size: int = ranged(2048, ge=1)
     """Width of the MLP's hidden layer (LLaMA-Omni: 2048)."""
     remainder: Literal["drop", "pad"] = "drop"
     """What to do with the last T mod k frames: drop them, or zero-pad to a full group."""
     output: Literal["embeddings", "ctc"] = "embeddings"
     """'embeddings': the MLP outputs are the LLM's speech inputs; 'ctc': they are CTC-decoded onto the LLM's token embeddings (see the module docstring)."""
-    ctc_vocab_size: int = 0
+    ctc_vocab_size: int = ranged(0, ge=0)
     """output='ctc': number of LLM tokens the CTC head can emit (the ids are the ctc_vocab buffer, set by the alignment stage)."""
     ctc_emit: Literal["soft", "hard"] = "soft"
     """output='ctc': what the LLM gets per emitted token: posterior-weighted token embeddings ('soft') or the best token's embedding ('hard')."""
 
     def __post_init__(self) -> None:
-        if self.stack_frames < 1:
-            raise ValueError(f"stack_frames must be >= 1, got {self.stack_frames}")
-        if self.hidden_size < 1:
-            raise ValueError(f"hidden_size must be >= 1, got {self.hidden_size}")
+        check_ranges(self)
         if self.output not in ("embeddings", "ctc"):
             raise ValueError(f"output must be 'embeddings' or 'ctc', got {self.output!r}")
         if self.ctc_emit not in ("soft", "hard"):

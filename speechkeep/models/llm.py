@@ -121,6 +121,11 @@ def load_llm(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     except OSError as e:
         raise ModelSpecError(f"could not load LLM '{spec}' ({e}); {ACCEPTED_LLM_SPECS}") from None
+    except Exception as e:  # a truncated/corrupt weights file (SafetensorError), a foreign config (ValueError, KeyError)
+        from speechkeep.errors import DataError
+
+        raise DataError(f"LLM '{spec}' at {where}: damaged or not a causal LM "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     ensure_chat_template(tok)
     model.to(device).eval()
     return LoadedLLM(model=model, tokenizer=tok, spec=spec, source_dir=Path(where) if Path(where).is_dir() else None)

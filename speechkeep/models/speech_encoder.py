@@ -177,6 +177,11 @@ def load_speech_encoder(spec: str, device: str | torch.device = "cpu", dtype: to
         whisper = WhisperModel.from_pretrained(where, dtype=dtype)
     except OSError as e:
         raise ModelSpecError(f"could not load speech encoder '{spec}' ({e}); {ACCEPTED_ENCODER_SPECS}") from None
+    except Exception as e:  # a truncated/corrupt weights file (SafetensorError), a foreign config (ValueError)
+        from speechkeep.errors import DataError
+
+        raise DataError(f"speech encoder '{spec}' at {where}: damaged or not a Whisper model "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     encoder = whisper.get_encoder()
     return WhisperSpeechEncoder(encoder, fe, spec=spec, source_dir=where).to(device)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from speechkeep.config import config_from_dict, config_to_dict
+from speechkeep.config import Checked, config_from_dict, config_to_dict
 from speechkeep.errors import SpeechkeepError
 from speechkeep.io import atomic_path
 from speechkeep.models.adaptor import AdaptorConfig, FrameStackAdaptor
@@ -46,7 +46,7 @@ def common_token_prefix(ids_seqs: Sequence[torch.Tensor]) -> int:
 
 
 @dataclass
-class SpeechLLMConfig:
+class SpeechLLMConfig(Checked):
     """What a SpeechLLM is made of."""
 
     llm: str = "bundled:smollm2-135m"
@@ -318,7 +318,9 @@ class SpeechLLM(nn.Module):
         """Write config, adaptor weights and the LLM (full weights, or peft adapter files) atomically.
 
         ``save_llm=None`` saves the LLM only if it has trainable parameters; otherwise the config
-        refers to the LLM by its spec (the frozen base is not copied)."""
+        refers to the LLM by its spec (the frozen base is not copied). Saving over an existing
+        directory replaces only speechkeep's own names in it (``speechkeep.json``,
+        ``adaptor.safetensors``, ``llm/``, ``llm_adapter/``); anything else there is kept."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -326,7 +328,7 @@ class SpeechLLM(nn.Module):
             save_llm = self.llm_trainable()
         llm_format = "peft" if self.is_peft() else ("full" if save_llm else "reference")
         meta = {"format_version": FORMAT_VERSION, "llm_format": llm_format, "config": config_to_dict(self.config)}
-        with atomic_path(path) as tmp:
+        with atomic_path(path, own_names=(CONFIG_NAME, ADAPTOR_NAME, "llm", "llm_adapter")) as tmp:
             tmp.mkdir(parents=True)
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
             save_file({k: v.detach().contiguous().cpu() for k, v in self.adaptor.state_dict().items()},
@@ -341,30 +343,85 @@ class SpeechLLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> "SpeechLLM":
-        """Load what :meth:`save_pretrained` wrote."""
-        from safetensors.torch import load_file
-
+        """Load what :meth:`save_pretrained` wrote. A damaged directory (malformed config, truncated
+        or foreign weights) is a :class:`~speechkeep.errors.DataError` naming the file."""
+        from speechkeep.errors import ConfigError, DataError
         from speechkeep.models.llm import load_llm
         from speechkeep.models.speech_encoder import load_speech_encoder
 
         path = Path(path)
         if not (path / CONFIG_NAME).exists():
             raise SpeechkeepError(f"{path} is not a speechkeep model directory (no {CONFIG_NAME})")
-        meta = json.loads((path / CONFIG_NAME).read_text())
-        config = config_from_dict(SpeechLLMConfig, meta["config"])
+        try:
+            meta = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+            if not isinstance(meta, dict) or meta.get("llm_format") not in ("peft", "full", "reference"):
+                raise ValueError("no valid llm_format")
+            config = config_from_dict(SpeechLLMConfig, meta["config"])
+        except (ValueError, KeyError, ConfigError, OSError) as e:
+            raise DataError(f"{path / CONFIG_NAME}: not a valid speechkeep model config ({e})") from None
         llm_spec = str(path / "llm") if meta["llm_format"] == "full" else config.llm
+        adaptor_state = read_safetensors(path / ADAPTOR_NAME, "adaptor weights")
         loaded = load_llm(llm_spec, dtype=dtype, device=device)
         llm = loaded.model
         if meta["llm_format"] == "peft":
             from peft import PeftModel
 
-            llm = PeftModel.from_pretrained(llm, str(path / "llm_adapter"))
+            try:
+                llm = PeftModel.from_pretrained(llm, str(path / "llm_adapter"))
+            except Exception as e:  # peft raises ValueError, OSError, SafetensorError, KeyError...
+                raise DataError(f"{path / 'llm_adapter'}: cannot load the LoRA adapter: {type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
             llm.eval()
         encoder = load_speech_encoder(config.speech_encoder, device=device)
         model = cls.from_parts(llm, loaded.tokenizer, encoder, config, seed=None)
-        model.adaptor.load_state_dict(load_file(str(path / ADAPTOR_NAME)))
+        try:
+            model.adaptor.load_state_dict(adaptor_state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise DataError(f"{path / ADAPTOR_NAME}: the adaptor weights do not fit the model's config "
+                            f"({first[-1].strip() if first else e})") from None
         model.adaptor.to(device=model.device, dtype=dtype)
         return model
+
+
+def read_safetensors(path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a missing, truncated or corrupt file is a DataError naming it."""
+    from safetensors.torch import load_file
+
+    from speechkeep.errors import DataError
+
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file not found")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError, ValueError on a truncated or foreign file
+        raise DataError(f"{path}: cannot read {what} (truncated or not a safetensors file: {e})") from None
+
+
+def check_model_spec(spec: str, flag: str = "--model") -> None:
+    """Fail fast (before any output is created or model loaded) if ``spec`` cannot name a model for
+    :func:`load_speech_llm`; raises ModelSpecError / UsageError naming ``flag``."""
+    from speechkeep.errors import ModelSpecError
+    from speechkeep.models.bundled import front_end_dir, is_front_end_spec
+    from speechkeep.models.llm import resolve_llm_dir
+
+    if not spec or not str(spec).strip():
+        raise ModelSpecError(f"{flag}: no model given")
+    if is_front_end_spec(spec):
+        front_end_dir(spec)
+        return
+    p = Path(spec)
+    if p.is_dir() and ((p / CONFIG_NAME).exists() or (p / "model" / CONFIG_NAME).exists()):
+        return
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return
+    if p.is_dir() and (p / "train_config.json").exists():
+        raise ModelSpecError(f"{flag} {spec}: this training run has no saved model yet (no model/{CONFIG_NAME}); "
+                             "finish or resume it first")
+    try:
+        resolve_llm_dir(spec)
+    except ModelSpecError as e:
+        raise ModelSpecError(f"{flag}: {e}") from None
 
 
 def load_speech_llm(spec: str, device: str | torch.device = "cpu") -> tuple[SpeechLLM, bool]:

@@ -19,11 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechkeep.config import Checked, ranged
 from speechkeep.errors import SpeechkeepError
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Checked):
     """The demo's knobs (defaults: about 15 minutes on 2 CPU cores, see the README)."""
 
     out: str = "runs/demo"
@@ -34,34 +35,36 @@ class DemoConfig:
     """Speech encoder spec."""
     webquestions: str | None = None
     """Directory with trainmodel.json and devtest.json; None: $SPEECHKEEP_WEBQUESTIONS, else the copy shipped in the package."""
-    n_train: int = 400
+    n_train: int = ranged(400, ge=1)
     """Training questions (first N of trainmodel.json)."""
-    n_eval: int = 100
+    n_eval: int = ranged(100, ge=1)
     """Held-out evaluation questions (first N of devtest.json)."""
     eval_voice: str = "piper-joe-high"
     """Held-out voice: speaks only the evaluation questions."""
     strategy: str = "lora"
     """Strategy to train: adaptor | full | lora."""
-    max_steps: int = 80
+    max_steps: int = ranged(80, ge=1)
     """Optimizer steps of the strategy (the training budget: the same on every machine)."""
-    train_minutes: float | None = None
+    train_minutes: float | None = ranged(None, gt=0)
     """Optional wall-clock cap on training (None: none). A cap makes the trained model depend on the machine's speed."""
-    batch_size: int = 8
+    batch_size: int = ranged(8, ge=1)
     """Training micro-batch size."""
-    lr: float = 1e-3
+    lr: float = ranged(1e-3, gt=0)
     """Peak learning rate of the LLM's trainable parameters (LoRA) and, from scratch, of the adaptor."""
     init_from: str = "auto"
     """Start of training: 'auto' = the shipped aligned front-end for llm + speech_encoder (bundled:smollm2-135m+whisper-tiny.en) when there is one; 'none' = a fresh adaptor (from scratch); or a saved SpeechLLM."""
-    aligned_adaptor_lr: float = 1e-4
+    aligned_adaptor_lr: float = ranged(1e-4, ge=0)
     """Peak learning rate of an aligned front-end's adaptor (small: it is already aligned; from scratch the adaptor uses lr)."""
-    teacher_max_new_tokens: int = 32
+    teacher_max_new_tokens: int = ranged(32, ge=1)
     """Length of the teacher responses used as training targets."""
-    eval_max_new_tokens: int = 48
+    eval_max_new_tokens: int = ranged(48, ge=1)
     """Answer length limit at evaluation."""
     encode_mode: str = "variable"
     """Whisper encoding for the feature cache and the model ('variable' is ~19x faster than 'padded' here)."""
     extra: dict[str, str] = field(default_factory=dict)
     """Extra `speechkeep train` overrides, key -> value."""
+    overwrite: bool = False
+    """Write into an out directory that is not empty and not a previous `speechkeep demo` output."""
 
 
 def demo_questions(cfg: DemoConfig) -> tuple[Path, Path]:
@@ -88,6 +91,31 @@ def demo_comparisons(out: Path, strategy: str, with_aligned: bool) -> dict:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    """The demo (see the module docstring). The options, the output directory, the model specs and both
+    question files are checked before any work; a failed run keeps only resumable work."""
+    from speechkeep.data.questions import read_questions
+    from speechkeep.io import OutputDir, has_files
+    from speechkeep.models.llm import resolve_llm_dir
+    from speechkeep.models.speech_encoder import resolve_encoder_dir
+
+    guard = OutputDir(cfg.out, "demo", overwrite=cfg.overwrite, key="out", keep=has_files, inputs=[cfg.webquestions])
+    guard.check()
+    for questions in demo_questions(cfg):
+        read_questions(questions)
+    resolve_llm_dir(cfg.llm)
+    resolve_encoder_dir(cfg.speech_encoder)
+    from speechkeep.config import load_config
+    from speechkeep.strategies import STRATEGIES
+    from speechkeep.train.config import TrainConfig
+
+    if cfg.strategy not in STRATEGIES:
+        raise SpeechkeepError(f"strategy: unknown strategy '{cfg.strategy}'; available: {', '.join(sorted(STRATEGIES))}")
+    load_config(TrainConfig, None, [f"{k}={v}" for k, v in cfg.extra.items()])  # extra: valid train keys
+    with guard:
+        return _run_demo(cfg)
+
+
+def _run_demo(cfg: DemoConfig) -> dict:
     from speechkeep.config import load_config
     from speechkeep.data.build import DataBuildConfig, build_dataset
     from speechkeep.data.tts import VOICES

@@ -16,22 +16,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from speechkeep.config import Checked, ranged
 from speechkeep.strategies.base import Strategy, register
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class LayerLRSettings:
+class LayerLRSettings(Checked):
     """Importance-driven layer-wise learning rate (strategy=layer_lr)."""
 
-    lam: float = 0.4
+    lam: float = ranged(0.4, ge=0, le=1)
     """lambda of eq. 3: the most important layer's rate is (1 - lam) * lr (seed: 0.4)."""
     importance: str | None = None
     """A `speechkeep importance` run of the pre-trained model with text input; None: compute it at start."""
-    fraction: float = 1 / 30
+    fraction: float = ranged(1 / 30, gt=0, le=1)
     """Share of the training manifest used when computing importance at start (seed: 1/30)."""
-    batch_size: int = 8
+    batch_size: int = ranged(8, ge=1)
     """Batch size of that importance pass."""
 
 

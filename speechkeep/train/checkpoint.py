@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from speechkeep.io import atomic_path
 
@@ -34,21 +34,39 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, data_sta
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore everything :func:`save_checkpoint` wrote; returns the progress record."""
-    params = load_file(str(path / "trainable.safetensors"))
+    """Restore everything :func:`save_checkpoint` wrote; returns the progress record.
+
+    A damaged checkpoint is a DataError, one of another model or strategy a ConfigError (both name it)."""
+    from speechkeep.errors import ConfigError, DataError
+    from speechkeep.models.speech_llm import read_safetensors
+
+    params = read_safetensors(path / "trainable.safetensors", "checkpoint weights")
     named = dict(model.named_parameters())
     missing = [n for n, p in named.items() if p.requires_grad and n not in params]
-    if missing:
-        raise RuntimeError(f"{path}: checkpoint lacks trainable parameters {missing[:3]}... (different strategy?)")
+    unexpected = [n for n in params if n not in named]
+    wrong = [n for n, t in params.items() if n in named and tuple(t.shape) != tuple(named[n].shape)]
+    if missing or unexpected or wrong:
+        what = (f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, unknown to this model" if unexpected
+                else f"has {wrong[0]} of shape {tuple(params[wrong[0]].shape)}, the model {tuple(named[wrong[0]].shape)}")
+        raise ConfigError(f"{path}: the checkpoint does not fit this run's model: it {what} (another strategy, "
+                          "model or LoRA rank?); choose another output_dir")
+    try:
+        state = torch.load(path / "state.pt", weights_only=False)
+        progress = json.loads((path / "progress.json").read_text())
+        step, data = int(progress["step"]), progress["data"]
+    except Exception as e:  # truncated pickle, malformed JSON, missing keys
+        raise DataError(f"{path}: the checkpoint is damaged ({type(e).__name__}: {e})") from None
     with torch.no_grad():
         for n, t in params.items():
             named[n].copy_(t)
-    state = torch.load(path / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"{path}: the optimizer state does not fit this run ({e}); choose another output_dir") from None
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return json.loads((path / "progress.json").read_text())
+    return {**progress, "step": step, "data": data}

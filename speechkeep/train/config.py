@@ -5,60 +5,68 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from speechkeep.config import Checked, ranged
+from speechkeep.errors import RangeError
 from speechkeep.models.speech_llm import SpeechLLMConfig
 from speechkeep.strategies.layer_lr import LayerLRSettings
 from speechkeep.strategies.lora import LoraSettings
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Checked):
     """AdamW with warmup + schedule."""
 
-    lr: float = 1e-4
+    lr: float = ranged(1e-4, gt=0)
     """Peak learning rate of the LLM's trainable parameters (and of the adaptor unless adaptor_lr is set)."""
-    adaptor_lr: float | None = None
+    adaptor_lr: float | None = ranged(None, ge=0)
     """Peak learning rate of the adaptor; None uses lr."""
-    weight_decay: float = 0.0
+    weight_decay: float = ranged(0.0, ge=0)
     """AdamW weight decay."""
-    beta1: float = 0.9
+    beta1: float = ranged(0.9, ge=0, lt=1)
     """AdamW beta1."""
-    beta2: float = 0.999
+    beta2: float = ranged(0.999, ge=0, lt=1)
     """AdamW beta2."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate decay after warmup (every parameter group is scaled by the same factor)."""
-    warmup_ratio: float = 0.03
+    warmup_ratio: float = ranged(0.03, ge=0, le=1)
     """Fraction of max_steps spent warming up linearly from 0."""
-    grad_accum: int = 1
+    grad_accum: int = ranged(1, ge=1)
     """Micro-batches accumulated per optimizer step."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = ranged(1.0, ge=0)
     """Gradient clipping norm (0 disables)."""
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """What the model trains on."""
 
     train: str = ""
     """Training manifest (manifest.jsonl written by `speechkeep data build`)."""
-    tasks: dict[str, float] = field(default_factory=lambda: {"qa": 1.0})
+    tasks: dict[str, float] = ranged(default_factory=lambda: {"qa": 1.0}, ge=0)
     """Task mixture, task -> weight (share of the manifest per epoch): 'qa' (spoken question -> teacher
     response), 'asr' (speech -> transcript), 't2t' (text question -> teacher response)."""
     asr_instruction: str = "Transcribe the audio."
     """Text after the speech in the user turn for the 'asr' task."""
     split: str | None = None
     """Use only manifest rows of this split (None: all rows)."""
-    limit: int | None = None
+    limit: int | None = ranged(None, ge=1)
     """Use only the first N rows of the manifest."""
-    batch_size: int = 8
+    batch_size: int = ranged(8, ge=1)
     """Examples per micro-batch."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding)."""
     features_dir: str | None = None
-    """Encoder-feature cache directory; None: <manifest dir>/features."""
+    """Encoder-feature cache directory to read; None: <manifest dir>/features. Features missing there are computed
+    into speechkeep's own cache (the data directory is never written to)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tasks and not any(w > 0 for w in self.tasks.values()):
+            raise RangeError("tasks", self.tasks, "a mixture with at least one weight > 0")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """One training run."""
 
     model: SpeechLLMConfig = field(default_factory=SpeechLLMConfig)
@@ -77,17 +85,19 @@ class TrainConfig:
     """Training data."""
     output_dir: str = "runs/train"
     """Run directory: checkpoints, metrics.csv, TensorBoard logs, the final model."""
-    max_steps: int = 100
+    max_steps: int = ranged(100, ge=1)
     """Optimizer steps to run."""
-    max_minutes: float | None = None
+    max_minutes: float | None = ranged(None, ge=0)
     """Stop early (with a checkpoint and the final save) after this many minutes."""
-    save_every: int = 50
+    save_every: int = ranged(50, ge=1)
     """Write a resumable checkpoint every N optimizer steps (atomically)."""
-    log_every: int = 5
+    log_every: int = ranged(5, ge=1)
     """Log metrics every N optimizer steps."""
     resume: bool = False
     """Continue from output_dir/checkpoint if it exists."""
-    seed: int = 0
+    overwrite: bool = False
+    """Write into an output_dir that is not empty and not a previous `speechkeep train` run (and, with resume=false, start over an existing run's checkpoint). Never needed for a new or empty directory."""
+    seed: int = ranged(0, ge=0)
     """Seed of initialization, data order and dropout."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU."""

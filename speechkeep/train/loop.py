@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 import torch
 
 from speechkeep.config import config_to_dict
-from speechkeep.errors import ConfigError
-from speechkeep.io import write_json
+from speechkeep.errors import ConfigError, TrainingError
+from speechkeep.io import OutputDir, write_json
 from speechkeep.models.speech_llm import SpeechLLM
 from speechkeep.strategies import get_strategy
 from speechkeep.strategies.base import count_trainable
@@ -92,6 +92,8 @@ def _manifest_rows(cfg: TrainConfig):
 
     if not cfg.data.train:
         raise ConfigError("data.train: give the training manifest (manifest.jsonl from `speechkeep data build`)")
+    if not Path(cfg.data.train).exists():
+        raise ConfigError(f"data.train: {cfg.data.train}: no such file or directory")
     rows = read_manifest(cfg.data.train)
     if cfg.data.split is not None:
         rows = [r for r in rows if r.split == cfg.data.split]
@@ -105,24 +107,90 @@ def _manifest_rows(cfg: TrainConfig):
 def _feature_fn(cfg: TrainConfig, model: SpeechLLM) -> Callable[[list[str]], list[torch.Tensor]]:
     from speechkeep.data.features import FeatureCache
 
-    root = cfg.data.features_dir or str(Path(cfg.data.train).parent / "features")
-    cache = FeatureCache(root, model.encoder, model.config.encode_mode)
+    train = Path(cfg.data.train)
+    data_dir = train if train.is_dir() else train.parent
+    read_root = cfg.data.features_dir or str(data_dir / "features")
+    # The dataset's features are read, never written: misses go to speechkeep's own cache.
+    cache = FeatureCache(None, model.encoder, model.config.encode_mode, read_roots=[read_root])
     return cache.get
+
+
+def _check_before_start(cfg: TrainConfig, out: Path) -> None:
+    """Everything that can be checked before the model is loaded (seconds to minutes)."""
+    from speechkeep.models.llm import resolve_llm_dir
+    from speechkeep.models.speech_encoder import resolve_encoder_dir
+    from speechkeep.strategies import STRATEGIES
+
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy: unknown strategy '{cfg.strategy}'; available: {', '.join(sorted(STRATEGIES))}")
+    init = resolve_init(cfg)
+    if init is None:
+        resolve_llm_dir(cfg.model.llm)
+        resolve_encoder_dir(cfg.model.speech_encoder)
+    else:
+        from speechkeep.models.speech_llm import check_model_spec
+
+        if not Path(init).exists() and not init.startswith("bundled:"):
+            raise ConfigError(f"init_from: {init}: no such run, SpeechLLM directory or front-end spec")
+        check_model_spec(init, "init_from")
+    if cfg.strategy == "layer_lr" and cfg.layer_lr.importance:
+        from speechkeep.importance.runs import load_summary
+
+        load_summary(cfg.layer_lr.importance)
+    ckpt = out / "checkpoint"
+    if ckpt.exists() and not cfg.resume and not cfg.overwrite:
+        raise ConfigError(f"{ckpt} exists: pass resume=true to continue it, or choose another output_dir")
+    prev = out / "train_config.json"
+    if cfg.resume and ckpt.exists() and prev.is_file():
+        import json
+
+        try:
+            before = json.loads(prev.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            before = {}
+        if isinstance(before, dict) and before.get("strategy") not in (None, cfg.strategy):
+            raise ConfigError(f"output_dir {out} holds a run of strategy={before['strategy']}; this config trains "
+                              f"strategy={cfg.strategy}: choose another output_dir (or resume with the same strategy)")
+
+
+def _diverged(step: int, what: str, batch, ckpt_dir: Path, last_saved: int | None) -> None:
+    ids = ", ".join(dict.fromkeys(e.id for e in batch))
+    kept = (f"the last good checkpoint (step {last_saved}) is kept in {ckpt_dir}: lower optim.lr (or drop those items) "
+            "and run again with resume=true") if last_saved else "no checkpoint had been written yet"
+    raise TrainingError(f"training stopped at step {step}: {what} (not finite) on the batch of items {ids}; {kept}")
+
+
+def _keep_run(out: Path) -> bool:
+    """A failed or interrupted run is kept when it has a checkpoint to resume from."""
+    return (out / "checkpoint" / "progress.json").is_file() or (out / "model").is_dir()
 
 
 def train(cfg: TrainConfig, rows: Sequence | None = None,
           features: Callable[[list[str]], list[torch.Tensor]] | None = None, progress: bool = True) -> TrainResult:
     """Run (or resume) one training run. ``rows``/``features`` override the manifest and feature cache
-    (Python API, used by tests and recipes that already hold them)."""
+    (Python API, used by tests and recipes that already hold them).
+
+    The config, the output directory, the model specs and the training data are checked before the
+    model is loaded; a run that fails leaves nothing behind unless it has a checkpoint to resume from."""
+    out = Path(cfg.output_dir)
+    inputs = [cfg.data.train if rows is None else None, cfg.init_from, cfg.layer_lr.importance, cfg.data.features_dir]
+    guard = OutputDir(out, "train", overwrite=cfg.overwrite, key="output_dir", keep=_keep_run, inputs=inputs)
+    guard.check()
+    _check_before_start(cfg, out)
+    if rows is None:
+        rows = _manifest_rows(cfg)
+    per_task = examples_from_rows(rows, cfg.data.tasks)
+    with guard:
+        return _train(cfg, out, per_task, features, progress)
+
+
+def _train(cfg: TrainConfig, out: Path, per_task: dict,
+           features: Callable[[list[str]], list[torch.Tensor]] | None, progress: bool) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoint"
-    if ckpt_dir.exists() and not cfg.resume:
-        raise ConfigError(f"{ckpt_dir} exists: pass resume=true to continue it, or choose another output_dir")
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "fp32"
@@ -144,9 +212,7 @@ def train(cfg: TrainConfig, rows: Sequence | None = None,
     optimizer = make_optimizer(opt_groups, cfg)
     scheduler = _scheduler(optimizer, cfg)
 
-    rows = rows if rows is not None else _manifest_rows(cfg)
     features = features or _feature_fn(cfg, model)
-    per_task = examples_from_rows(rows, cfg.data.tasks)
     stream = BatchStream(per_task, cfg.data.tasks, cfg.data.batch_size, cfg.seed, cfg.data.group_by_length)
     # Each process takes every world_size-th micro-batch.
     rank, world = acc.process_index, acc.num_processes
@@ -166,74 +232,84 @@ def train(cfg: TrainConfig, rows: Sequence | None = None,
 
     metrics_path = out / "metrics.csv"
     new_file = not metrics_path.exists() or step == 0
+    last_saved = step if step > 0 else None
     mf = open(metrics_path, "w" if new_file else "a", newline="")
-    writer = csv.writer(mf)
-    if new_file:
-        writer.writerow(["step", "loss", "lr", "tokens_per_s", "elapsed_s"] + [f"loss_{t}" for t in sorted(cfg.data.tasks)])
     tb = None
-    if acc.is_main_process:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+    bar = None
+    try:
+        writer = csv.writer(mf)
+        if new_file:
+            writer.writerow(["step", "loss", "lr", "tokens_per_s", "elapsed_s"] + [f"loss_{t}" for t in sorted(cfg.data.tasks)])
+        if acc.is_main_process:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
 
-            tb = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:  # tensorboard is optional at run time
-            tb = None
+                tb = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:  # tensorboard is optional at run time
+                tb = None
 
-    loss_fn = strategy.loss
-    t0 = time.perf_counter()
-    tokens, last_loss, window = 0, float("nan"), []
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train[{strategy.name}]", disable=not progress or not acc.is_main_process,
-               dynamic_ncols=True)
-    stopped_early = False
-    while step < cfg.max_steps:
-        step_loss, step_tokens = 0.0, 0
-        for _ in range(cfg.optim.grad_accum):
-            batch = None
-            for i in range(world):
-                b = next(stream)
-                if i == rank:
-                    batch = b
-            queries = to_queries(batch, features, cfg.data.asr_instruction)
-            with acc.accumulate(model):
-                loss, n_tok, extra = model(queries, loss_fn=loss_fn)
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
-                    acc.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.optim.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.item() / cfg.optim.grad_accum
-            step_tokens += int(extra.get("input_tokens", n_tok))
-        scheduler.step()
-        step += 1
-        tokens += step_tokens
-        last_loss = step_loss
-        window.append(step_loss)
-        elapsed = time.perf_counter() - t0
-        tps = tokens / max(elapsed, 1e-9)
-        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:.0f}")
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            mean = sum(window) / len(window)
-            window = []
-            writer.writerow([step, f"{mean:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", f"{tps:.1f}", f"{elapsed:.1f}"])
-            mf.flush()
-            if tb is not None:
-                tb.add_scalar("train/loss", mean, step)
-                tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                tb.add_scalar("train/tokens_per_s", tps, step)
-        if cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60:
-            stopped_early = True
-        if step % cfg.save_every == 0 or stopped_early or step == cfg.max_steps:
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                save_checkpoint(ckpt_dir, raw, optimizer, scheduler, step, stream.state())
-        if stopped_early:
-            acc.print(f"stopping after {cfg.max_minutes} minutes at step {step}")
-            break
-    bar.close()
-    mf.close()
-    if tb is not None:
-        tb.close()
+        loss_fn = strategy.loss
+        t0 = time.perf_counter()
+        tokens, last_loss, window = 0, float("nan"), []
+        bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train[{strategy.name}]",
+                   disable=not progress or not acc.is_main_process, dynamic_ncols=True)
+        stopped_early = False
+        while step < cfg.max_steps:
+            step_loss, step_tokens = 0.0, 0
+            for _ in range(cfg.optim.grad_accum):
+                batch = None
+                for i in range(world):
+                    b = next(stream)
+                    if i == rank:
+                        batch = b
+                queries = to_queries(batch, features, cfg.data.asr_instruction)
+                with acc.accumulate(model):
+                    loss, n_tok, extra = model(queries, loss_fn=loss_fn)
+                    if not torch.isfinite(loss.detach()).all():
+                        _diverged(step + 1, f"the loss is {float(loss.detach()):g}", batch, ckpt_dir, last_saved)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
+                        norm = acc.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.optim.max_grad_norm)
+                        if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
+                            _diverged(step + 1, f"the gradient norm is {float(norm):g}", batch, ckpt_dir, last_saved)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                step_loss += loss.item() / cfg.optim.grad_accum
+                step_tokens += int(extra.get("input_tokens", n_tok))
+            scheduler.step()
+            step += 1
+            tokens += step_tokens
+            last_loss = step_loss
+            window.append(step_loss)
+            elapsed = time.perf_counter() - t0
+            tps = tokens / max(elapsed, 1e-9)
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:.0f}")
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                mean = sum(window) / len(window)
+                window = []
+                writer.writerow([step, f"{mean:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", f"{tps:.1f}", f"{elapsed:.1f}"])
+                mf.flush()
+                if tb is not None:
+                    tb.add_scalar("train/loss", mean, step)
+                    tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                    tb.add_scalar("train/tokens_per_s", tps, step)
+            if cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60:
+                stopped_early = True
+            if step % cfg.save_every == 0 or stopped_early or step == cfg.max_steps:
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    save_checkpoint(ckpt_dir, raw, optimizer, scheduler, step, stream.state())
+                last_saved = step
+            if stopped_early:
+                acc.print(f"stopping after {cfg.max_minutes} minutes at step {step}")
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        mf.close()
+        if tb is not None:
+            tb.close()
     seconds = time.perf_counter() - t0
     if acc.is_main_process:
         strategy.export(raw)
