@@ -23,7 +23,7 @@ from speechkeep.data.webquestions import (
     webquestions_dir,
     webquestions_file,
 )
-from speechkeep.errors import DataError
+from speechkeep.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"trainmodel": 2834, "val": 755, "devtest": 189, "heldout": 1016}
@@ -70,9 +70,9 @@ def test_user_directory_and_environment_override(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV, str(mine))
     assert webquestions_dir() == mine
     assert [q.id for q in read_questions("webquestions:devtest").items] == ["x1"]
-    with pytest.raises(DataError, match=rf"{mine / 'heldout.json'} not found .*\$SPEECHKEEP_WEBQUESTIONS"):
+    with pytest.raises(UsageError, match=rf"{mine / 'heldout.json'} not found .*\$SPEECHKEEP_WEBQUESTIONS"):
         webquestions_file("heldout")
-    with pytest.raises(DataError, match="webquestions setting"):
+    with pytest.raises(UsageError, match="webquestions setting"):
         webquestions_file("val", mine)
 
 

@@ -15,7 +15,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from speechkeep.errors import DataError
+from speechkeep.errors import UsageError
 
 ENV = "SPEECHKEEP_WEBQUESTIONS"
 
@@ -49,12 +49,12 @@ def webquestions_dir(override: str | os.PathLike | None = None) -> Path:
 
 def webquestions_file(split: str, override: str | os.PathLike | None = None) -> Path:
     """Path of ``<split>.json`` (``split`` may also be a file name such as ``devtest.json``);
-    a DataError naming the file and the way to fix it when it is missing."""
+    a UsageError (a path that does not exist: exit code 2) naming the file and the way to fix it."""
     name = split if split.endswith(".json") else f"{split}.json"
     directory = webquestions_dir(override)
     path = directory / name
     if not path.is_file():
         how = (f"the directory comes from {'the webquestions setting' if override else '$' + ENV}"
                if override or os.environ.get(ENV) else "the package's shipped copy is incomplete: reinstall speechkeep")
-        raise DataError(f"{path} not found ({how}); shipped splits: {', '.join(SPLITS)}")
+        raise UsageError(f"{path} not found ({how}); shipped splits: {', '.join(SPLITS)}")
     return path
