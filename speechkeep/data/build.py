@@ -308,13 +308,18 @@ def _precheck_supplied_audio(plans: list[_Planned], cfg: DataBuildConfig) -> tup
             try:
                 _decode_supplied(pl)
             except DataError as e:
-                msg = f"id {pl.item.id!r}: {e}"
-                if not cfg.skip_bad:
-                    raise DataError(f"{pl.item.where}: {msg}") from None
-                skipped.append({"source": pl.item.source, "line": pl.item.line, "reason": msg})
+                skipped.append(_bad_item(pl, str(e), cfg.skip_bad))
                 continue
         kept.append(pl)
     return kept, skipped
+
+
+def _bad_item(pl: _Planned, problem: str, skip_bad: bool) -> dict:
+    """A bad item: a DataError naming its file and line, or (``skip_bad``) its record in skipped.jsonl."""
+    msg = f"id {pl.item.id!r}: {problem}"
+    if not skip_bad:
+        raise DataError(f"{pl.item.where}: {msg}")
+    return {"source": pl.item.source, "line": pl.item.line, "reason": msg}
 
 
 def _build_into(cfg: DataBuildConfig, out: Path, read, plans: list[_Planned], bad_audio: list[dict],
@@ -362,10 +367,7 @@ def _build_into(cfg: DataBuildConfig, out: Path, read, plans: list[_Planned], ba
                 pl.duration = _import_audio(pl)
                 counts["audio_imported"] += 1
         except DataError as e:
-            msg = f"id {pl.item.id!r}: {e}"
-            if not cfg.skip_bad:
-                raise DataError(f"{pl.item.where}: {msg}") from None
-            skipped.append({"source": pl.item.source, "line": pl.item.line, "reason": msg})
+            skipped.append(_bad_item(pl, str(e), cfg.skip_bad))
             continue
         kept.append(pl)
     plans = kept
@@ -387,11 +389,9 @@ def _build_into(cfg: DataBuildConfig, out: Path, read, plans: list[_Planned], ba
     kept = []
     for pl in plans:
         if pl.duration > MAX_SECONDS:
-            msg = (f"id {pl.item.id!r}: the audio ({pl.path}) is {pl.duration:.2f} s long, longer than the "
-                   f"{MAX_SECONDS:g} s limit of the speech encoder; shorten the text or drop the item")
-            if not cfg.skip_bad:
-                raise DataError(f"{pl.item.where}: {msg}")
-            skipped.append({"source": pl.item.source, "line": pl.item.line, "reason": msg})
+            skipped.append(_bad_item(pl, f"the audio ({pl.path}) is {pl.duration:.2f} s long, longer than the "
+                                         f"{MAX_SECONDS:g} s limit of the speech encoder; shorten the text or drop the item",
+                                     cfg.skip_bad))
             continue
         if pl.duration <= 0:
             raise DataError(f"{pl.item.where}: id {pl.item.id!r}: the audio ({pl.path}) has zero length")
