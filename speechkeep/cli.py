@@ -131,7 +131,7 @@ def cmd_ask(args) -> None:
     for t in args.text or []:
         if not t.strip():
             raise UsageError("--text: the question is empty")
-    from speechkeep.models.speech_llm import load_speech_llm
+    from speechkeep.models.persistence import load_speech_llm
 
     for a in args.audio or []:
         _existing(a, "--audio", "file")

@@ -222,7 +222,7 @@ def test_eval_never_writes_infinity_or_nan(tmp_path, dataset, tiny_speech_llm_fa
 
 # ------------------------------------------------------------------ tracebacks -> one-line errors, before any work
 def test_out_that_is_a_file_fails_before_the_model_is_loaded(tmp_path, dataset, monkeypatch, capsys):
-    import speechkeep.models.speech_llm as sl
+    import speechkeep.models.persistence as sl
 
     monkeypatch.setattr(sl, "load_speech_llm", lambda *a, **k: pytest.fail("model loaded before the --out check"))
     (tmp_path / "taken").write_text("x")

@@ -203,7 +203,7 @@ def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | 
     from safetensors.torch import load_file, save_file
 
     from speechkeep.io import atomic_path
-    from speechkeep.models.speech_llm import ADAPTOR_NAME, CONFIG_NAME
+    from speechkeep.models.persistence import ADAPTOR_NAME, CONFIG_NAME
 
     model_dir, to = Path(model_dir), Path(to)
     report = json.loads(Path(report_path).read_text())

@@ -52,7 +52,7 @@ def resolve_init(cfg: TrainConfig) -> str | None:
 
 
 def build_model(cfg: TrainConfig) -> SpeechLLM:
-    from speechkeep.models.speech_llm import load_speech_llm
+    from speechkeep.models.persistence import load_speech_llm
 
     init = resolve_init(cfg)
     if init is None:
@@ -128,7 +128,7 @@ def _check_before_start(cfg: TrainConfig, out: Path) -> None:
         resolve_llm_dir(cfg.model.llm)
         resolve_encoder_dir(cfg.model.speech_encoder)
     else:
-        from speechkeep.models.speech_llm import check_model_spec
+        from speechkeep.models.persistence import check_model_spec
 
         if not Path(init).exists() and not init.startswith("bundled:"):
             raise ConfigError(f"init_from: {init}: no such run, SpeechLLM directory or front-end spec")
