@@ -50,3 +50,19 @@ def test_unknown_key_is_one_clean_error(capsys, tmp_path):
 def test_unknown_model_spec_lists_accepted_forms(capsys):
     assert main(["ask", "--model", "bundled:nope", "--text", "hi"]) == 2
     assert "accepted LLM specs" in capsys.readouterr().err
+
+
+def test_align_help_shows_the_defaults_that_are_used(capsys):
+    from speechkeep.align.recipe import AlignConfig
+
+    with pytest.raises(SystemExit):
+        main(["align", "--help"])
+    out = capsys.readouterr().out
+    used = AlignConfig().ctc.model
+    assert used.adaptor.hidden_size == 1024 and used.adaptor.output == "ctc" and used.encode_mode == "variable"
+    assert "ctc.model.adaptor.hidden_size (int, default 1024)" in out
+    import re
+
+    assert re.search(r"ctc\.model\.adaptor\.output \(.*, default 'ctc'\)", out)
+    assert re.search(r"ctc\.model\.encode_mode \(.*, default 'variable'\)", out)
+    assert "ctc.out (str, default '')" in out and "runs/align/ctc" not in out.split("config keys")[1]

@@ -319,6 +319,7 @@ def test_rows_without_answers_are_reported_not_counted_wrong(tmp_path, dataset, 
 # ------------------------------------------------------------------ one range mechanism for every config
 def _config_classes():
     from speechkeep.align.recipe import AlignConfig
+    from speechkeep.config import config_sections
     from speechkeep.data.build import DataBuildConfig
     from speechkeep.evaluate.run import EvalConfig
     from speechkeep.models.speech_llm import SpeechLLMConfig
@@ -334,6 +335,7 @@ def _config_classes():
         for name, tp in typing.get_type_hints(cls).items():
             args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
             todo += [a for a in args if dataclasses.is_dataclass(a)]
+        todo += list(config_sections(cls).values())  # plugin sections: every registered strategy's settings
     return seen
 
 
