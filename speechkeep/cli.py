@@ -289,12 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_importance_parsers(sub)
 
-    try:
-        from speechkeep.data.cli import add_data_parser
-    except ImportError:
-        pass
-    else:
-        add_data_parser(sub)
+    from speechkeep.data.cli import add_data_parser  # a broken module is an error, never a missing command
+
+    add_data_parser(sub)
     return parser
 
 

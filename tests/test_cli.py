@@ -52,6 +52,14 @@ def test_unknown_model_spec_lists_accepted_forms(capsys):
     assert "accepted LLM specs" in capsys.readouterr().err
 
 
+def test_a_broken_data_command_is_an_error_not_a_missing_command(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "speechkeep.data.cli", None)  # importing it raises ImportError
+    with pytest.raises(ImportError):
+        build_parser()
+
+
 def test_align_help_shows_the_defaults_that_are_used(capsys):
     from speechkeep.align.recipe import AlignConfig
 
