@@ -27,7 +27,7 @@ PLUGIN_PACKAGES = ("speechkeep.strategies",)
 """Imported (by name) when a saved model names a transform that is not registered yet."""
 
 
-def _owns_nothing(key: str) -> bool:
+def _owns_nothing(key: str, settings: dict[str, Any]) -> bool:
     return False
 
 
@@ -36,9 +36,9 @@ class Transform:
     name: str
     apply: Callable[[nn.Module, dict[str, Any]], nn.Module]
     """(llm, settings) -> the transformed LLM (the same module changed in place, or a wrapper)."""
-    owns: Callable[[str], bool] = _owns_nothing
-    """Whether a state-dict key of the transformed LLM belongs to this transform (its weights are saved
-    with the model even when the LLM's own weights are not)."""
+    owns: Callable[[str, dict[str, Any]], bool] = _owns_nothing
+    """(state-dict key of the transformed LLM, the transform's settings) -> whether the key belongs to
+    this transform (its weights are saved with the model even when the LLM's own weights are not)."""
 
 
 TRANSFORMS: dict[str, Transform] = {}
@@ -65,4 +65,4 @@ def get_transform(name: str) -> Transform:
 
 
 def owned_by_transforms(records: list[dict], key: str) -> bool:
-    return any(get_transform(r["name"]).owns(key) for r in records)
+    return any(get_transform(r["name"]).owns(key, r.get("settings") or {}) for r in records)

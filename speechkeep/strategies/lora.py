@@ -39,7 +39,7 @@ def _apply_lora(llm, settings: dict):
     return get_peft_model(llm, LoraConfig(**settings, bias="none", task_type="CAUSAL_LM"))
 
 
-register_transform(Transform("lora", _apply_lora, owns=lambda key: ".lora_" in key))
+register_transform(Transform("lora", _apply_lora, owns=lambda key, settings: ".lora_" in key))
 
 
 @register
