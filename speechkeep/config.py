@@ -381,8 +381,10 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Load ``cls`` from an optional YAML file, then apply dotted ``key=value`` overrides."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> T:
+    """Load ``cls`` from an optional YAML file, then apply dotted ``key=value`` overrides, then
+    ``values`` (top-level key -> already-typed value: the command's option flags, which win)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -407,6 +409,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         data = loaded
     if overrides:
         data = _deep_merge(data, parse_overrides(overrides))
+    if values:
+        data = {**data, **values}
     try:
         return config_from_dict(cls, data)
     except RangeError as e:

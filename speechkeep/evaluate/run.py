@@ -210,6 +210,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     The options, the output directory, the data and the baseline are checked before the model is
     loaded; on an error nothing is left in ``out`` that this run created. Features missing from the
     data directory's own cache are computed into speechkeep's cache: the data directory is only read."""
+    if not str(cfg.data).strip():
+        raise UsageError("data: give the evaluation data (data=PATH or --data PATH): a spoken manifest or "
+                         "WebQuestions-style JSON")
     tasks = list(dict.fromkeys(cfg.tasks))
     bad = [t for t in tasks if t not in ALL_TASKS]
     if bad:
