@@ -131,7 +131,7 @@ def cmd_ask(args) -> None:
     for t in args.text or []:
         if not t.strip():
             raise UsageError("--text: the question is empty")
-    from speechkeep.models.speech_llm import load_speech_llm
+    from speechkeep.models.persistence import load_speech_llm
 
     for a in args.audio or []:
         _existing(a, "--audio", "file")
@@ -162,16 +162,21 @@ def cmd_train(args) -> None:
           f"{res.tokens_per_second:.0f} tokens/s; model saved to {res.output_dir / 'model'}")
 
 
+EVAL_FLAGS = ("model", "data", "out", "tasks", "split", "limit", "max_new_tokens", "batch_size", "ctc_emit", "baseline")
+"""``speechkeep eval``'s option flags (``--max-new-tokens`` = ``max_new_tokens=``), kept as aliases of its config keys."""
+
+
 def cmd_eval(args) -> None:
+    from speechkeep.config import load_config
     from speechkeep.evaluate.report import format_metrics
     from speechkeep.evaluate.run import EvalConfig, evaluate
 
-    cfg = EvalConfig(model=args.model, data=args.data, out=args.out, tasks=args.tasks, split=args.split,
-                     limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                     baseline=args.baseline, ctc_emit=args.ctc_emit, overwrite=args.overwrite)
+    cfg_path, ov = _split_config_args(args)
+    flags = {k: getattr(args, k) for k in EVAL_FLAGS if getattr(args, k) is not None}
+    cfg = load_config(EvalConfig, cfg_path, ov, values=flags)
     metrics = evaluate(cfg)
     print(format_metrics(metrics))
-    print(f"wrote {Path(args.out) / 'metrics.json'} and predictions.jsonl")
+    print(f"wrote {Path(cfg.out) / 'metrics.json'} and predictions.jsonl")
 
 
 def cmd_demo(args) -> None:
@@ -243,27 +248,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = EvalConfig()
     p = sub.add_parser("eval", help="measure text (T2T) and spoken (S2T, ASR) ability, perplexity, the cascade",
-                       description="Evaluate a trained run, a saved SpeechLLM, or a plain LLM spec (the No-FT row: text tasks only).")
-    p.add_argument("--model", required=True, help="a training run directory, a saved SpeechLLM directory, or an LLM spec")
-    p.add_argument("--data", required=True, help="a spoken manifest (manifest.jsonl or its directory) or WebQuestions-style JSON")
-    p.add_argument("--out", required=True, help="output directory for predictions.jsonl and metrics.json")
-    p.add_argument("--tasks", nargs="+", default=d.tasks, choices=ALL_TASKS,
+                       description="Evaluate a trained run, a saved SpeechLLM, or a plain LLM spec (the No-FT row: text "
+                                   "tasks only). Options come as [CONFIG.yaml] [key=value ...] like every job command; "
+                                   "the flags below are aliases of those keys (--max-new-tokens 8 = max_new_tokens=8) "
+                                   "and win over them.",
+                       epilog=_config_epilog(EvalConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p)
+    p.add_argument("--model", default=None, help="a training run directory, a saved SpeechLLM directory, or an LLM spec "
+                                                 f"(key model, default {d.model})")
+    p.add_argument("--data", default=None, help="a spoken manifest (manifest.jsonl or its directory) or WebQuestions-style JSON (key data)")
+    p.add_argument("--out", default=None, help=f"output directory for predictions.jsonl and metrics.json (key out, default {d.out})")
+    p.add_argument("--tasks", nargs="+", default=None, choices=ALL_TASKS,
                    help="t2t: text question->answer accuracy; s2t: spoken question->answer accuracy; ppl: perplexity "
                         "of the reference responses given text and speech input; asr: transcription WER; cascade: "
                         "Whisper transcript -> LLM accuracy (default: t2t s2t ppl)")
     p.add_argument("--split", default=None, help="only manifest rows of this split (e.g. eval)")
     p.add_argument("--limit", type=arg_type((EvalConfig, "limit")), default=None, help="only the first N items")
-    p.add_argument("--max-new-tokens", type=arg_type((EvalConfig, "max_new_tokens")), default=d.max_new_tokens,
+    p.add_argument("--max-new-tokens", type=arg_type((EvalConfig, "max_new_tokens")), default=None,
                    help=f"answer length limit (default {d.max_new_tokens})")
-    p.add_argument("--batch-size", type=arg_type((EvalConfig, "batch_size")), default=d.batch_size,
+    p.add_argument("--batch-size", type=arg_type((EvalConfig, "batch_size")), default=None,
                    help=f"generation batch size (default {d.batch_size})")
     p.add_argument("--ctc-emit", choices=["soft", "hard"], default=None,
                    help="CTC-aligned models: what the LLM reads per emitted token (soft: posterior-weighted embeddings, "
                         "hard: the best token's embedding); default: the model's own")
     p.add_argument("--baseline", default=None,
                    help="metrics.json (or its directory) of a baseline: adds retention A/B, drop B-A, modality gap")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --out directory that is not empty and not an earlier `speechkeep eval` output")
     p.set_defaults(func=cmd_eval)
 
     from speechkeep.recipes.demo import DemoConfig
@@ -289,12 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_importance_parsers(sub)
 
-    try:
-        from speechkeep.data.cli import add_data_parser
-    except ImportError:
-        pass
-    else:
-        add_data_parser(sub)
+    from speechkeep.data.cli import add_data_parser  # a broken module is an error, never a missing command
+
+    add_data_parser(sub)
     return parser
 
 

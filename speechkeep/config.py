@@ -110,11 +110,37 @@ def check_ranges(obj: Any, prefix: str = "") -> None:
             r.check(getattr(obj, f.name), prefix + f.name)
 
 
+SECTIONS_FIELD = "sections"
+
+
+def config_sections(cls: type) -> dict[str, type]:
+    """The plugin sections of config class ``cls``: top-level keys contributed by plugins, each with
+    its own settings dataclass (e.g. one per training strategy: ``lora.r=16``).
+
+    A config class opts in with a static method ``__config_sections__()`` returning ``{key: dataclass}``
+    (looked up each time, so a plugin registered later is covered) and a field named ``sections``
+    (``dict[str, Any]``) that holds the built settings. YAML, ``key=value`` overrides, ``--help`` and
+    :func:`config_to_dict` treat every section exactly like a nested config field; the core config
+    class names no plugin."""
+    fn = getattr(cls, "__config_sections__", None)
+    return dict(fn()) if fn is not None else {}
+
+
 class Checked:
-    """Mixin of config dataclasses: ranges are checked when an instance is built."""
+    """Mixin of config dataclasses: ranges are checked when an instance is built (and, for a config with
+    plugin sections, every registered section not given gets its defaults)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        secs = config_sections(type(self))
+        if secs:
+            given = getattr(self, SECTIONS_FIELD)
+            for k, v in given.items():
+                if k not in secs:
+                    raise ConfigError(f"unknown config section '{k}'; valid: {', '.join(secs)}")
+                if not isinstance(v, secs[k]):
+                    raise ConfigError(f"{k}: expected {secs[k].__name__}, got {type(v).__name__}")
+            setattr(self, SECTIONS_FIELD, {k: given[k] if k in given else cls() for k, cls in secs.items()})
 
 
 def arg_type(rng: Range | tuple[type, str], tp: type = int):
@@ -256,7 +282,9 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    secs = config_sections(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init and not (secs and f.name == SECTIONS_FIELD)]
+    names += [k for k in secs if k not in names]
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
@@ -264,8 +292,13 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             f"{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}"
         )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for k, v in data.items():
+        if k in secs:
+            if v is not None and not isinstance(v, dict):
+                raise ConfigError(f"{prefix}{k}: expected a mapping, got {v!r}")
+            kwargs.setdefault(SECTIONS_FIELD, {})[k] = config_from_dict(secs[k], v or {}, prefix=prefix + k + ".")
+            continue
         # A partial mapping for a nested config updates that field's own default (its default_factory,
         # e.g. AlignConfig.ctc.model's CTC adaptor), not the nested class's plain defaults.
         default = _field_default(fields[k])
@@ -288,17 +321,28 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict of a config (tuples become lists), for YAML/JSON."""
-    d = dataclasses.asdict(cfg)
+    """Plain nested dict of a config (tuples become lists), for YAML/JSON; plugin sections appear as
+    top-level keys, exactly like nested config fields (``{"lora": {"r": 8, ...}}``)."""
+    import copy
 
     def fix(x: Any) -> Any:
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            out = {}
+            secs = config_sections(type(x))
+            for f in dataclasses.fields(x):
+                v = getattr(x, f.name)
+                if secs and f.name == SECTIONS_FIELD:
+                    out.update({k: fix(s) for k, s in v.items()})
+                else:
+                    out[f.name] = fix(v)
+            return out
         if isinstance(x, dict):
             return {k: fix(v) for k, v in x.items()}
         if isinstance(x, (list, tuple)):
             return [fix(v) for v in x]
-        return x
+        return copy.deepcopy(x)
 
-    return fix(d)
+    return fix(cfg)
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -337,8 +381,10 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Load ``cls`` from an optional YAML file, then apply dotted ``key=value`` overrides."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> T:
+    """Load ``cls`` from an optional YAML file, then apply dotted ``key=value`` overrides, then
+    ``values`` (top-level key -> already-typed value: the command's option flags, which win)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -363,6 +409,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         data = loaded
     if overrides:
         data = _deep_merge(data, parse_overrides(overrides))
+    if values:
+        data = {**data, **values}
     try:
         return config_from_dict(cls, data)
     except RangeError as e:
@@ -375,22 +423,33 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         raise
 
 
-def config_help(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """Rows (key, type, default, doc) for every field, nested dataclasses flattened with dots."""
+def config_help(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str, str]]:
+    """Rows (key, type, default, doc) for every field, nested dataclasses flattened with dots.
+
+    The defaults shown are the ones used: a nested config's come from its field's own default (e.g.
+    ``AlignConfig.ctc``'s factory), not from the nested class's plain defaults (``defaults``: that
+    instance, when recursing)."""
     rows = []
     hints = _hints(cls)
     docs = field_docs(cls)
+    secs = config_sections(cls)
     for f in dataclasses.fields(cls):
-        tp, _ = _unwrap_optional(hints[f.name])
-        if _is_dataclass_type(tp):
-            rows.extend(config_help(tp, prefix + f.name + "."))
+        if secs and f.name == SECTIONS_FIELD:
+            for k, sec in secs.items():
+                rows.extend(config_help(sec, prefix + k + ".", (getattr(defaults, SECTIONS_FIELD, None) or {}).get(k)))
             continue
-        if f.default is not dataclasses.MISSING:
+        tp, _ = _unwrap_optional(hints[f.name])
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = "(required)"
+        if _is_dataclass_type(tp):
+            rows.extend(config_help(tp, prefix + f.name + ".", default if dataclasses.is_dataclass(default) else None))
+            continue
         tname = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
         doc = docs.get(f.name, "")
         rng = f.metadata.get("range")

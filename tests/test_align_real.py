@@ -13,7 +13,7 @@ pytestmark = pytest.mark.real
 
 @pytest.fixture(scope="module")
 def aligned():
-    from speechkeep.models.speech_llm import load_speech_llm
+    from speechkeep.models.persistence import load_speech_llm
 
     model, trained = load_speech_llm(SPEC)
     assert trained

@@ -73,3 +73,21 @@ def test_ctc_stage_resumes_after_interruption(tiny_align_cfg, tmp_path):
     wb = load_file(str(tmp_path / "straight" / "model" / "adaptor.safetensors"))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k])
+
+
+def test_card_names_the_models_it_was_made_of():
+    import copy
+
+    from speechkeep.align.recipe import render_card
+    from speechkeep.models.bundled import CHECKPOINTS_DIR
+
+    shipped = json.loads((CHECKPOINTS_DIR / "smollm2-135m+whisper-tiny.en" / "report.json").read_text())
+    own = copy.deepcopy(shipped)
+    own["ctc"]["config"]["model"].update(llm="/models/my-llm", speech_encoder="/models/my-whisper")
+    own["command"] = "speechkeep align export_to=ship"
+    card = render_card(own, n_params=1000)
+    assert "/models/my-llm" in card and "/models/my-whisper" in card
+    low = card.lower()
+    assert "smollm2" not in low and "tiny.en" not in low and "bundled:" not in low
+    card = render_card(shipped, n_params=1000)
+    assert "`bundled:smollm2-135m+whisper-tiny.en`" in card and "SmolLM2-135M-Instruct does not copy text" in card

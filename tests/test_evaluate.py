@@ -39,10 +39,19 @@ def test_eval_writes_predictions_and_metrics(tiny_speech_llm_factory, spoken_set
         lo, hi = m[task]["ci95"]
         assert 0 <= lo <= m[task]["accuracy"] <= hi <= 1
     assert m["ppl"]["text"] > 1 and m["ppl"]["speech"] > 1
-    assert 0 <= m["asr"]["wer"]
     assert m["modality_gap"] == m["t2t"]["accuracy"] - m["s2t"]["accuracy"]
     preds = [json.loads(l) for l in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert {p["task"] for p in preds} == {"t2t", "s2t", "asr"}
+    # the reported numbers are the predictions' own: WER recomputed from the hypotheses, accuracy from the flags
+    from speechkeep.metrics import corpus_wer
+
+    asr = [p for p in preds if p["task"] == "asr"]
+    assert [p["reference"] for p in asr] == ["what is the capital of france", "who wrote hamlet", "what color is the sky"]
+    assert m["asr"]["wer"] == pytest.approx(corpus_wer([p["reference"] for p in asr], [p["hypothesis"] for p in asr]))
+    assert m["asr"]["n"] == 3
+    for task in ("t2t", "s2t"):
+        flags = [p["correct"] for p in preds if p["task"] == task]
+        assert len(flags) == 3 and m[task]["correct"] == sum(flags) and m[task]["accuracy"] == sum(flags) / 3
     row = next(p for p in preds if p["task"] == "t2t")
     assert set(row) >= {"question", "response", "references", "correct"}
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 3

@@ -222,7 +222,7 @@ def test_eval_never_writes_infinity_or_nan(tmp_path, dataset, tiny_speech_llm_fa
 
 # ------------------------------------------------------------------ tracebacks -> one-line errors, before any work
 def test_out_that_is_a_file_fails_before_the_model_is_loaded(tmp_path, dataset, monkeypatch, capsys):
-    import speechkeep.models.speech_llm as sl
+    import speechkeep.models.persistence as sl
 
     monkeypatch.setattr(sl, "load_speech_llm", lambda *a, **k: pytest.fail("model loaded before the --out check"))
     (tmp_path / "taken").write_text("x")
@@ -319,6 +319,7 @@ def test_rows_without_answers_are_reported_not_counted_wrong(tmp_path, dataset, 
 # ------------------------------------------------------------------ one range mechanism for every config
 def _config_classes():
     from speechkeep.align.recipe import AlignConfig
+    from speechkeep.config import config_sections
     from speechkeep.data.build import DataBuildConfig
     from speechkeep.evaluate.run import EvalConfig
     from speechkeep.models.speech_llm import SpeechLLMConfig
@@ -334,6 +335,7 @@ def _config_classes():
         for name, tp in typing.get_type_hints(cls).items():
             args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
             todo += [a for a in args if dataclasses.is_dataclass(a)]
+        todo += list(config_sections(cls).values())  # plugin sections: every registered strategy's settings
     return seen
 
 

@@ -128,7 +128,7 @@ def test_save_load_peft_adapter(tiny_speech_llm_factory, tone, tmp_path):
     torch.testing.assert_close(_outputs(again, tone), _outputs(m, tone))
 
 
-def test_save_is_atomic(model, tmp_path, monkeypatch):
+def test_save_is_atomic(model, tone, tmp_path, monkeypatch):
     target = tmp_path / "m"
     model.save_pretrained(target)
     before = sorted(p.name for p in target.iterdir())
@@ -140,7 +140,7 @@ def test_save_is_atomic(model, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         model.save_pretrained(target)
     assert sorted(p.name for p in target.iterdir()) == before
-    assert SpeechLLM.from_pretrained(target) is not None
+    torch.testing.assert_close(_outputs(SpeechLLM.from_pretrained(target), tone), _outputs(model, tone))
 
 
 def test_shared_prompt_prefix_gives_identical_logits_and_gradients(tiny_speech_llm_factory, tone):

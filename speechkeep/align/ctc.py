@@ -152,15 +152,9 @@ def ctc_loss(adaptor, frames: list[torch.Tensor], targets: list[list[int]], voca
     return nn.functional.ctc_loss(padded, tgt, lens, tlen, blank=0, reduction="mean", zero_infinity=True)
 
 
-@torch.no_grad()
 def ctc_transcribe(model, frames: list[torch.Tensor], batch_size: int = 64) -> list[str]:
-    """Greedy CTC transcripts of a CTC-adaptor SpeechLLM, decoded by the LLM's tokenizer."""
-    emb = model.llm.get_input_embeddings()
-    out = []
-    for s in range(0, len(frames), batch_size):
-        ids = model.adaptor.ctc_decode([f.float() for f in frames[s: s + batch_size]], emb)
-        out += [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
-    return out
+    """Greedy CTC transcripts of a CTC-adaptor SpeechLLM (see :meth:`SpeechLLM.ctc_transcribe`)."""
+    return model.ctc_transcribe(frames, batch_size)
 
 
 # ----------------------------------------------------------------------------- training

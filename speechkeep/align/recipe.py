@@ -203,7 +203,7 @@ def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | 
     from safetensors.torch import load_file, save_file
 
     from speechkeep.io import atomic_path
-    from speechkeep.models.speech_llm import ADAPTOR_NAME, CONFIG_NAME
+    from speechkeep.models.persistence import ADAPTOR_NAME, CONFIG_NAME
 
     model_dir, to = Path(model_dir), Path(to)
     report = json.loads(Path(report_path).read_text())
@@ -222,6 +222,18 @@ def render_card(report: dict, n_params: int) -> str:
     ev, ctc, corpus = report["eval"], report["ctc"], report["corpus"]
     cfg = ctc["config"]
     ad = cfg["model"]["adaptor"]
+    llm, enc = cfg["model"]["llm"], cfg["model"]["speech_encoder"]
+    if llm.startswith("bundled:") and enc.startswith("bundled:"):
+        spec = f"bundled:{llm[8:]}+{enc[8:]}"
+        load = (f"Load it with the spec `{spec}` (e.g. `speechkeep ask --model {spec} --audio q.wav`) once it is "
+                f"shipped in speechkeep/checkpoints/{spec[8:]}/;\n`speechkeep train` starts every strategy on "
+                f"{llm} + {enc} from it by default (`init_from=none`: from scratch).")
+    else:
+        load = ("Load it by its directory (e.g. `speechkeep ask --model DIR --audio q.wav`); `speechkeep train` "
+                "starts from it with `init_from=DIR`.")
+    copy_note = ("SmolLM2-135M-Instruct does not copy text on request (given the text question itself and the same "
+                 "instruction, it answers or paraphrases it instead)" if llm == "bundled:smollm2-135m" else
+                 "a small instruct LLM may not copy text on request (it answers or paraphrases the question instead)")
     voices = ", ".join(f"{v} {n}" for v, n in corpus["voices"].items())
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     rows = []
@@ -229,20 +241,18 @@ def render_card(report: dict, n_params: int) -> str:
         rows.append(f"| transcription WER, greedy CTC transcript | {pct(ev['asr']['ctc_wer'])} |")
         rows.append(f"| transcription WER, the LLM asked \"{ev['asr'].get('instruction', '')}\" | {pct(ev['asr']['wer'])} |")
     for t, name in (("s2t", "spoken QA accuracy (S2T)"), ("t2t", "text QA accuracy, same questions (T2T)"),
-                    ("cascade", "cascade accuracy (Whisper tiny.en -> LLM)")):
+                    ("cascade", f"cascade accuracy ({enc} transcripts -> LLM)")):
         if t in ev:
             rows.append(f"| {name} | {pct(ev[t]['accuracy'])} |")
     if "cascade" in ev:
-        rows.append(f"| Whisper tiny.en WER (the cascade's transcripts) | {pct(ev['cascade']['asr_wer'])} |")
+        rows.append(f"| {enc} WER (the cascade's transcripts) | {pct(ev['cascade']['asr_wer'])} |")
     curve = report.get("ctc_curve") or []
     curve = ("| step | minutes | WER |\n| --- | --- | --- |\n"
              + "\n".join(f"| {c['step']} | {c['minutes']} | {pct(c['eval_wer'])} |" for c in curve)) if curve else "(not logged)"
     return f"""# Aligned speech front-end: {cfg['model']['llm']} + {cfg['model']['speech_encoder']}
 
-The adaptor of a speechkeep SpeechLLM (frozen Whisper tiny.en encoder -> adaptor -> frozen
-SmolLM2-135M-Instruct), trained so that speech maps to what the LLM reads. Load it with the spec
-`bundled:smollm2-135m+whisper-tiny.en` (e.g. `speechkeep ask --model bundled:smollm2-135m+whisper-tiny.en --audio q.wav`);
-`speechkeep train` starts every strategy from it by default (`init_from=none`: from scratch).
+The adaptor of a speechkeep SpeechLLM (frozen speech encoder {enc} -> adaptor -> frozen LLM
+{llm}), trained so that speech maps to what the LLM reads. {load}
 
 ## What it is
 - Adaptor: {ad['stack_frames']} stacked Whisper frames -> Linear -> ReLU (hidden {ad['hidden_size']}) -> Linear -> LLM width, then
@@ -250,7 +260,7 @@ SmolLM2-135M-Instruct), trained so that speech maps to what the LLM reads. Load 
   (every token in the corpus transcripts) + a learned blank. The LLM reads one input per token of the
   greedy CTC path: the posterior-weighted average of the token embeddings (`ctc_emit={ad['ctc_emit']}`).
 - {n_params:,} parameters, stored in fp16 (`adaptor.safetensors`). The LLM and the encoder are not
-  stored: they are the bundled models, referenced by spec in `speechkeep.json`.
+  stored: they are referenced by spec (`{llm}`, `{enc}`) in `speechkeep.json`.
 
 ## How it was made
 ```
@@ -277,9 +287,8 @@ an answer is correct when a reference answer appears in it on word boundaries af
 Greedy-CTC WER on the same held-out set during training (monitoring only):
 {curve}
 
-The LLM-written transcript is bad because SmolLM2-135M-Instruct does not copy text on request (given the
-text question itself and the same instruction, it answers or paraphrases it instead); the CTC transcript
-is the front-end's own transcription. The S2T answers come from the LLM reading the posterior-weighted
+When the LLM-written transcript is much worse than the CTC transcript, it is because {copy_note}; the CTC
+transcript is the front-end's own transcription. The S2T answers come from the LLM reading the posterior-weighted
 token embeddings, with the LLM frozen: text ability is untouched by construction (T2T = the base LLM's).
 
 The per-item predictions are in `eval_results/predictions.jsonl` of the run; `report.json` here holds

@@ -19,7 +19,8 @@ from speechkeep.config import Checked, ranged
 from speechkeep.errors import DataError, SpeechkeepError, UsageError
 from speechkeep.evaluate.answers import MATCHING_RULE, is_correct
 from speechkeep.io import OutputDir, write_json, write_jsonl
-from speechkeep.models.speech_llm import Query, SpeechLLM, load_speech_llm
+from speechkeep.models.persistence import load_speech_llm
+from speechkeep.models.speech_llm import Query, SpeechLLM
 
 ALL_TASKS = ("t2t", "s2t", "ppl", "asr", "cascade")
 TEXT_TASKS = ("t2t", "ppl")
@@ -209,13 +210,16 @@ def evaluate(cfg: EvalConfig) -> dict:
     The options, the output directory, the data and the baseline are checked before the model is
     loaded; on an error nothing is left in ``out`` that this run created. Features missing from the
     data directory's own cache are computed into speechkeep's cache: the data directory is only read."""
+    if not str(cfg.data).strip():
+        raise UsageError("data: give the evaluation data (data=PATH or --data PATH): a spoken manifest or "
+                         "WebQuestions-style JSON")
     tasks = list(dict.fromkeys(cfg.tasks))
     bad = [t for t in tasks if t not in ALL_TASKS]
     if bad:
         raise UsageError(f"unknown eval task '{bad[0]}'; valid: {', '.join(ALL_TASKS)}")
     if cfg.ctc_emit not in (None, "soft", "hard"):
         raise UsageError(f"ctc_emit must be 'soft' or 'hard', got {cfg.ctc_emit!r}")
-    from speechkeep.models.speech_llm import check_model_spec
+    from speechkeep.models.persistence import check_model_spec
 
     guard = OutputDir(cfg.out, "eval", overwrite=cfg.overwrite, inputs=[cfg.data, cfg.model, cfg.baseline])
     guard.check()
@@ -294,9 +298,7 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
         metrics["asr"] = {"wer": corpus_wer([it.text for it in items], hyps), "n": len(items),
                           "instruction": cfg.asr_instruction}
         if getattr(model.adaptor, "is_ctc", False):  # the aligned front-end's own transcript
-            from speechkeep.align.ctc import ctc_transcribe
-
-            ctc_hyps = ctc_transcribe(model, feats)
+            ctc_hyps = model.ctc_transcribe(feats)
             for it, h in zip(items, ctc_hyps):
                 preds.append({"task": "asr_ctc", "id": it.id, "reference": it.text, "hypothesis": h})
             metrics["asr"]["ctc_wer"] = corpus_wer([it.text for it in items], ctc_hyps)

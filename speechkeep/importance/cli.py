@@ -20,7 +20,7 @@ SEED = Range(ge=0)
 
 def _check_inputs(model: str | None = None, data: str | None = None) -> None:
     """Cheap checks of the inputs before any output is created or model loaded."""
-    from speechkeep.models.speech_llm import check_model_spec
+    from speechkeep.models.persistence import check_model_spec
 
     if data is not None and not Path(data).exists():
         raise UsageError(f"--data {data}: no such file or directory")
@@ -37,7 +37,7 @@ def _out(args, command: str, inputs=()):
 def _load(spec: str):
     """The model with LoRA (if any) merged: importance is about the effective weights, under the
     base model's parameter names, so runs before and after LoRA fine-tuning compare directly."""
-    from speechkeep.models.speech_llm import load_speech_llm
+    from speechkeep.models.persistence import load_speech_llm
 
     model, trained = load_speech_llm(spec)
     if model.is_peft():
@@ -143,7 +143,7 @@ def cmd_heatmap(args) -> None:
             raise UsageError(f"--importance {args.importance}: no scores for {missing[0]} (another model, or --layer/"
                              f"--matrices beyond it?); e.g. {example}")
     if args.before:
-        from speechkeep.models.speech_llm import check_model_spec
+        from speechkeep.models.persistence import check_model_spec
 
         check_model_spec(args.before, "--before")
         check_model_spec(args.after, "--after")

@@ -64,7 +64,7 @@ def load_summary(run: str | Path) -> dict:
 
 def load_scores(run: str | Path) -> dict[str, torch.Tensor]:
     """An importance run's per-parameter scores (UsageError if not a run, DataError if damaged)."""
-    from speechkeep.models.speech_llm import read_safetensors
+    from speechkeep.models.persistence import read_safetensors
 
     p = Path(run) / SCORES_NAME
     if not Path(run).exists():

@@ -9,7 +9,7 @@ Two outputs (``AdaptorConfig.output``):
 * ``embeddings`` — the MLP outputs go to the LLM as they are (LLaMA-Omni, SLAM-LLM);
 * ``ctc`` — the MLP outputs are scored against the LLM's own (frozen) token embeddings plus a
   learned blank: CTC logits over a vocabulary of LLM tokens (``ctc_vocab``, a buffer saved with the
-  weights). The adaptor is trained with CTC (:mod:`speechkeep.align.ctc`), and the LLM receives, for
+  weights; :mod:`speechkeep.models.ctc_head`). The adaptor is trained with CTC (:mod:`speechkeep.align.ctc`), and the LLM receives, for
   every token the greedy CTC path emits (non-blank frames, repeats merged), the
   posterior-weighted average of the token embeddings (LegoSLM-style, ``ctc_emit='soft'``; gradients
   flow through the posteriors) or the embedding of the best token (``'hard'``). The LLM thus reads
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from speechkeep.config import Checked, check_ranges, ranged
+from speechkeep.models.ctc_head import CTCHead
 
 
 @dataclass
@@ -54,8 +55,8 @@ class AdaptorConfig(Checked):
             raise ValueError("output='ctc' needs ctc_vocab_size >= 1 (the number of LLM tokens the CTC head emits)")
 
 
-class FrameStackAdaptor(nn.Module):
-    """Maps variable-length encoder frames to LLM input embeddings."""
+class FrameStackAdaptor(CTCHead, nn.Module):
+    """Maps variable-length encoder frames to LLM input embeddings (the CTC output: :class:`CTCHead`)."""
 
     def __init__(self, d_encoder: int, d_llm: int, config: AdaptorConfig | None = None):
         super().__init__()
@@ -68,8 +69,7 @@ class FrameStackAdaptor(nn.Module):
             nn.Linear(self.config.hidden_size, d_llm),
         )
         if self.config.output == "ctc":
-            self.register_buffer("ctc_vocab", torch.zeros(self.config.ctc_vocab_size, dtype=torch.long))
-            self.blank = nn.Linear(d_llm, 1)
+            self.init_ctc_head(d_llm, self.config.ctc_vocab_size)
 
     @property
     def is_ctc(self) -> bool:
@@ -98,52 +98,6 @@ class FrameStackAdaptor(nn.Module):
         stacked = [self.stack(f.to(dtype)) for f in frames]
         out = self.proj(torch.cat(stacked, dim=0))
         return list(torch.split(out, [s.shape[0] for s in stacked], dim=0))
-
-    # ------------------------------------------------------------------ CTC output
-    def vocab_embeddings(self, token_embedding: nn.Module) -> torch.Tensor:
-        """(V, d_llm): the LLM's input embeddings of the CTC vocabulary (what the LLM reads)."""
-        return token_embedding(self.ctc_vocab)
-
-    def ctc_logits(self, hidden: torch.Tensor, vocab_emb: torch.Tensor) -> torch.Tensor:
-        """(n, d_llm) MLP outputs -> (n, 1 + V) CTC logits, index 0 = blank, i = ``ctc_vocab[i-1]``."""
-        return torch.cat([self.blank(hidden), hidden @ vocab_emb.to(hidden.dtype).T], dim=-1)
-
-    @staticmethod
-    def greedy_runs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy CTC path of (n, 1+V) logits -> (run id of each frame: the index of the emitted token it
-        belongs to, -1 for blank frames; the emitted CTC labels, one per run of equal non-blank labels)."""
-        best = logits.argmax(-1)
-        prev = torch.cat([best.new_full((1,), -1), best[:-1]])
-        starts = (best != 0) & (best != prev)
-        run = torch.cumsum(starts.long(), 0) - 1
-        run = torch.where(best != 0, run, torch.full_like(run, -1))
-        return run, best[starts]
-
-    def ctc_decode(self, frames: list[torch.Tensor], token_embedding: nn.Module) -> list[list[int]]:
-        """Greedy CTC transcription of each utterance as LLM token ids."""
-        vocab_emb = self.vocab_embeddings(token_embedding)
-        out = []
-        for h in self.frame_outputs(frames):
-            _, labels = self.greedy_runs(self.ctc_logits(h, vocab_emb))
-            out.append(self.ctc_vocab[labels - 1].tolist())
-        return out
-
-    def _emit(self, hidden: torch.Tensor, vocab_emb: torch.Tensor) -> torch.Tensor:
-        """One LLM input embedding per token of the greedy CTC path (at least one per utterance)."""
-        logits = self.ctc_logits(hidden, vocab_emb).float()
-        run, labels = self.greedy_runs(logits.detach())
-        if labels.numel() == 0:  # all blank: the frame least sure it is blank
-            run = torch.full_like(run, -1)
-            run[logits[:, 0].argmin()] = 0
-            labels = logits[:, 1:].argmax(-1)[run == 0] + 1
-        n = int(labels.numel())
-        if self.config.ctc_emit == "hard":
-            return vocab_emb[labels - 1].to(hidden.dtype)
-        keep = run >= 0
-        probs = torch.softmax(logits[keep, 1:], dim=-1)  # renormalized over the tokens (no blank)
-        mean = probs.new_zeros(n, probs.shape[1]).index_add(0, run[keep], probs)
-        mean = mean / torch.bincount(run[keep], minlength=n).clamp_min(1).unsqueeze(1).to(mean.dtype)
-        return (mean @ vocab_emb.float()).to(hidden.dtype)
 
     def forward(self, frames: list[torch.Tensor], token_embedding: nn.Module | None = None) -> list[torch.Tensor]:
         """Each ``(T_i, d_encoder)`` -> LLM inputs: ``(num_tokens(T_i), d_llm)`` MLP outputs, or with

@@ -7,29 +7,27 @@ at positions whose next token is a label (the loss never builds full-vocabulary 
 or speech positions).
 
 Invariant (tested): a text-only query gives exactly the base LLM's logits.
+
+Saving and loading live in :mod:`speechkeep.models.persistence`; recorded structural changes of the
+LLM in :mod:`speechkeep.models.transforms`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from speechkeep.config import Checked, config_from_dict, config_to_dict
+from speechkeep.config import Checked
 from speechkeep.errors import SpeechkeepError
-from speechkeep.io import atomic_path
 from speechkeep.models.adaptor import AdaptorConfig, FrameStackAdaptor
 from speechkeep.models.chat import ChatFormat
 
 IGNORE_INDEX = -100
-CONFIG_NAME = "speechkeep.json"
-ADAPTOR_NAME = "adaptor.safetensors"
-FORMAT_VERSION = 1
 MIN_SHARED_PREFIX = 4
 
 
@@ -75,10 +73,11 @@ class Query:
     """Target response (training, perplexity); None for generation."""
     instruction: str | None = None
     """Text placed after the speech in the user turn (e.g. "Transcribe the audio."); spoken queries only."""
-
-    @property
-    def is_speech(self) -> bool:
-        return self.audio is not None or self.speech_features is not None
+    transcript: str | None = None
+    """What the spoken question says, when known (training data): never fed to the model, kept for the
+    loss (e.g. a distillation term that runs the teacher on the text question)."""
+    task: str | None = None
+    """The training task the query comes from ('qa', 'asr', 't2t'): the engine logs each task's loss."""
 
 
 @dataclass
@@ -93,6 +92,32 @@ class Batch:
     shared_prefix: int = 0
     """Leading positions whose tokens are identical in every row (e.g. the system prompt): computed
     once and shared across the batch (right padding only)."""
+    transcripts: list[str | None] = field(default_factory=list)
+    """Per row, the spoken query's transcript (:attr:`Query.transcript`; None for text rows or unknown)."""
+    tasks: list[str | None] = field(default_factory=list)
+    """Per row, the query's training task (:attr:`Query.task`)."""
+
+
+@dataclass
+class ResponseLogits:
+    """Full-vocabulary logits at the positions that predict a response token (what every
+    response-token loss needs: cross-entropy, distillation)."""
+
+    logits: torch.Tensor
+    """(N, vocab) float32 logits, N = response tokens of the batch (the end-of-turn token included)."""
+    targets: torch.Tensor
+    """(N,) the token each position must predict."""
+    rows: torch.Tensor
+    """(N,) the batch row of each position."""
+
+    @property
+    def n(self) -> int:
+        return int(self.targets.shape[0])
+
+    def cross_entropy(self, reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+        """Token-weighted cross-entropy over the response tokens."""
+        total = nn.functional.cross_entropy(self.logits, self.targets, reduction="sum")
+        return total / self.n if reduction == "mean" else total
 
 
 class SpeechLLM(nn.Module):
@@ -108,6 +133,10 @@ class SpeechLLM(nn.Module):
         self.chat = ChatFormat(tokenizer, config.system_prompt)
         self.share_prefix = True
         """Run a prompt prefix common to every row of a batch once (see :meth:`hidden_states`)."""
+        self.transforms: list[dict[str, Any]] = []
+        """Structural changes applied to the LLM, in order (see :meth:`apply_transform`)."""
+        self.llm_weights_changed = False
+        """Whether the LLM's own weights differ from its spec's though none is trainable (e.g. LoRA merged)."""
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -234,7 +263,9 @@ class SpeechLLM(nn.Module):
                 labels[b, sl] = lab
         n_speech = [speech_embeds[i].shape[0] if i in speech_embeds else 0 for i in range(bsz)]
         shared = common_token_prefix(ids_seqs) if padding_side == "right" and bsz > 1 else 0
-        return Batch(embeds, attn, pos, labels, n_speech, shared)
+        return Batch(embeds, attn, pos, labels, n_speech, shared,
+                     transcripts=[q.transcript if i in speech_embeds else None for i, q in enumerate(queries)],
+                     tasks=[q.task for q in queries])
 
     # ------------------------------------------------------------------ forward
     def hidden_states(self, batch: Batch) -> torch.Tensor:
@@ -265,29 +296,46 @@ class SpeechLLM(nn.Module):
         """Full-vocabulary logits at every position (for tests and analysis; training uses :meth:`loss`)."""
         return self._lm_head(self.hidden_states(batch))
 
-    def loss(self, batch: Batch, reduction: Literal["mean", "sum"] = "mean") -> tuple[torch.Tensor, int]:
-        """Token-weighted cross-entropy over response tokens; returns (loss, number of target tokens).
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LLM's output head (with its final logit soft-capping, if any) on hidden states."""
+        return self._lm_head(hidden)
 
-        The LM head runs only on the positions that predict a label."""
+    def response_logits(self, batch: Batch) -> ResponseLogits:
+        """Logits at the positions that predict a response token of a prepared batch, with their
+        targets and rows. The LM head runs only on those positions."""
         if batch.labels is None:
             raise SpeechkeepError("loss() needs queries with a response")
         hidden = self.hidden_states(batch)
         targets = batch.labels[:, 1:]
         keep = targets != IGNORE_INDEX
-        n = int(keep.sum())
-        if n == 0:
+        if not bool(keep.any()):
             raise SpeechkeepError("every label is masked: no response tokens to train on")
         logits = self._lm_head(hidden[:, :-1][keep]).float()
-        total = nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
-        return (total / n if reduction == "mean" else total), n
+        return ResponseLogits(logits, targets[keep], keep.nonzero(as_tuple=True)[0])
+
+    def loss(self, batch: Batch, reduction: Literal["mean", "sum"] = "mean") -> tuple[torch.Tensor, int]:
+        """Token-weighted cross-entropy over response tokens; returns (loss, number of target tokens)."""
+        r = self.response_logits(batch)
+        return r.cross_entropy(reduction), r.n
 
     def forward(self, queries: Sequence[Query], loss_fn=None):
-        """Training entry point (what DDP/accelerate wrap): ``loss_fn(self, queries)`` if given, else
-        ``(mean response-token loss, number of target tokens, {})``."""
+        """Training entry point (what DDP/accelerate wrap): ``loss_fn(self, queries)`` if given (a
+        strategy's :meth:`~speechkeep.strategies.base.Strategy.loss`), else ``(mean response-token loss,
+        number of target tokens)``."""
         if loss_fn is not None:
             return loss_fn(self, queries)
-        loss, n = self.loss(self.prepare(queries))
-        return loss, n, {}
+        return self.loss(self.prepare(queries))
+
+    @torch.no_grad()
+    def ctc_transcribe(self, frames: list[torch.Tensor], batch_size: int = 64) -> list[str]:
+        """Greedy CTC transcripts of encoder frames by a CTC adaptor (``adaptor.output='ctc'``), decoded by
+        the LLM's tokenizer: the aligned front-end's own transcription."""
+        emb = self.llm.get_input_embeddings()
+        out = []
+        for s in range(0, len(frames), batch_size):
+            ids = self.adaptor.ctc_decode([f.float() for f in frames[s: s + batch_size]], emb)
+            out += [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
+        return out
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -307,7 +355,16 @@ class SpeechLLM(nn.Module):
         out = self.llm.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **kwargs)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
-    # ------------------------------------------------------------------ save / load
+    # ------------------------------------------------------------------ transforms, save / load
+    def apply_transform(self, name: str, settings: dict[str, Any]) -> None:
+        """Change the LLM's structure with the registered transform ``name`` (e.g. ``lora``) and record it:
+        a saved model lists its transforms and re-applies them before loading the weights
+        (see :mod:`speechkeep.models.transforms`). ``settings`` must be JSON-serializable."""
+        from speechkeep.models.transforms import get_transform
+
+        self.llm = get_transform(name).apply(self.llm, settings)
+        self.transforms.append({"name": name, "settings": settings})
+
     def is_peft(self) -> bool:
         return hasattr(self.llm, "peft_config")
 
@@ -315,129 +372,15 @@ class SpeechLLM(nn.Module):
         return any(p.requires_grad for p in self.llm.parameters())
 
     def save_pretrained(self, path: str | Path, save_llm: bool | None = None) -> Path:
-        """Write config, adaptor weights and the LLM (full weights, or peft adapter files) atomically.
+        """Write config, adaptor weights and the LLM atomically (see :func:`speechkeep.models.persistence.save`)."""
+        from speechkeep.models.persistence import save
 
-        ``save_llm=None`` saves the LLM only if it has trainable parameters; otherwise the config
-        refers to the LLM by its spec (the frozen base is not copied). Saving over an existing
-        directory replaces only speechkeep's own names in it (``speechkeep.json``,
-        ``adaptor.safetensors``, ``llm/``, ``llm_adapter/``); anything else there is kept."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if save_llm is None:
-            save_llm = self.llm_trainable()
-        llm_format = "peft" if self.is_peft() else ("full" if save_llm else "reference")
-        meta = {"format_version": FORMAT_VERSION, "llm_format": llm_format, "config": config_to_dict(self.config)}
-        with atomic_path(path, own_names=(CONFIG_NAME, ADAPTOR_NAME, "llm", "llm_adapter")) as tmp:
-            tmp.mkdir(parents=True)
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.adaptor.state_dict().items()},
-                      str(tmp / ADAPTOR_NAME))
-            if llm_format == "peft":
-                self.llm.save_pretrained(tmp / "llm_adapter")
-            elif llm_format == "full":
-                self.llm.save_pretrained(tmp / "llm")
-                self.tokenizer.save_pretrained(tmp / "llm")
-        return path
+        return save(self, path, save_llm)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> "SpeechLLM":
-        """Load what :meth:`save_pretrained` wrote. A damaged directory (malformed config, truncated
-        or foreign weights) is a :class:`~speechkeep.errors.DataError` naming the file."""
-        from speechkeep.errors import ConfigError, DataError
-        from speechkeep.models.llm import load_llm
-        from speechkeep.models.speech_encoder import load_speech_encoder
+        """Load what :meth:`save_pretrained` wrote (see :func:`speechkeep.models.persistence.load`)."""
+        from speechkeep.models.persistence import load
 
-        path = Path(path)
-        if not (path / CONFIG_NAME).exists():
-            raise SpeechkeepError(f"{path} is not a speechkeep model directory (no {CONFIG_NAME})")
-        try:
-            meta = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-            if not isinstance(meta, dict) or meta.get("llm_format") not in ("peft", "full", "reference"):
-                raise ValueError("no valid llm_format")
-            config = config_from_dict(SpeechLLMConfig, meta["config"])
-        except (ValueError, KeyError, ConfigError, OSError) as e:
-            raise DataError(f"{path / CONFIG_NAME}: not a valid speechkeep model config ({e})") from None
-        llm_spec = str(path / "llm") if meta["llm_format"] == "full" else config.llm
-        adaptor_state = read_safetensors(path / ADAPTOR_NAME, "adaptor weights")
-        loaded = load_llm(llm_spec, dtype=dtype, device=device)
-        llm = loaded.model
-        if meta["llm_format"] == "peft":
-            from peft import PeftModel
-
-            try:
-                llm = PeftModel.from_pretrained(llm, str(path / "llm_adapter"))
-            except Exception as e:  # peft raises ValueError, OSError, SafetensorError, KeyError...
-                raise DataError(f"{path / 'llm_adapter'}: cannot load the LoRA adapter: {type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
-            llm.eval()
-        encoder = load_speech_encoder(config.speech_encoder, device=device)
-        model = cls.from_parts(llm, loaded.tokenizer, encoder, config, seed=None)
-        try:
-            model.adaptor.load_state_dict(adaptor_state)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            raise DataError(f"{path / ADAPTOR_NAME}: the adaptor weights do not fit the model's config "
-                            f"({first[-1].strip() if first else e})") from None
-        model.adaptor.to(device=model.device, dtype=dtype)
-        return model
-
-
-def read_safetensors(path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file; a missing, truncated or corrupt file is a DataError naming it."""
-    from safetensors.torch import load_file
-
-    from speechkeep.errors import DataError
-
-    if not path.is_file():
-        raise DataError(f"{path}: {what} file not found")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # SafetensorError, OSError, ValueError on a truncated or foreign file
-        raise DataError(f"{path}: cannot read {what} (truncated or not a safetensors file: {e})") from None
-
-
-def check_model_spec(spec: str, flag: str = "--model") -> None:
-    """Fail fast (before any output is created or model loaded) if ``spec`` cannot name a model for
-    :func:`load_speech_llm`; raises ModelSpecError / UsageError naming ``flag``."""
-    from speechkeep.errors import ModelSpecError
-    from speechkeep.models.bundled import front_end_dir, is_front_end_spec
-    from speechkeep.models.llm import resolve_llm_dir
-
-    if not spec or not str(spec).strip():
-        raise ModelSpecError(f"{flag}: no model given")
-    if is_front_end_spec(spec):
-        front_end_dir(spec)
-        return
-    p = Path(spec)
-    if p.is_dir() and ((p / CONFIG_NAME).exists() or (p / "model" / CONFIG_NAME).exists()):
-        return
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        return
-    if p.is_dir() and (p / "train_config.json").exists():
-        raise ModelSpecError(f"{flag} {spec}: this training run has no saved model yet (no model/{CONFIG_NAME}); "
-                             "finish or resume it first")
-    try:
-        resolve_llm_dir(spec)
-    except ModelSpecError as e:
-        raise ModelSpecError(f"{flag}: {e}") from None
-
-
-def load_speech_llm(spec: str, device: str | torch.device = "cpu") -> tuple[SpeechLLM, bool]:
-    """Load from any of: a shipped aligned front-end (``bundled:smollm2-135m+whisper-tiny.en``), a
-    training run directory (its ``model/``), a saved SpeechLLM directory, a SpeechLLM config YAML, or
-    a plain LLM spec. Returns (model, whether its speech adaptor is trained);
-    the last two give a fresh, untrained adaptor."""
-    from speechkeep.config import load_config
-    from speechkeep.models.bundled import front_end_dir, is_front_end_spec
-
-    if is_front_end_spec(spec):
-        return SpeechLLM.from_pretrained(front_end_dir(spec), device=device), True
-    p = Path(spec)
-    for cand in (p, p / "model"):
-        if cand.is_dir() and (cand / CONFIG_NAME).exists():
-            return SpeechLLM.from_pretrained(cand, device=device), True
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        return SpeechLLM.build(load_config(SpeechLLMConfig, p), device=device), False
-    return SpeechLLM.build(SpeechLLMConfig(llm=spec), device=device), False
+        return load(path, device=device, dtype=dtype)

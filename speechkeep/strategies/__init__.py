@@ -8,16 +8,21 @@ One strategy = one module in this package, registered under its name with :func:
 - ``layer_lr`` (:mod:`.layer_lr`): adaptor + all LLM weights, per-layer learning rate lowered where
   the pre-trained model's textual importance is high (seed 001 eq. 3).
 
-A new strategy (importance-driven layer-wise LR, distillation, depth up-scaling) is a new module
-with a :class:`Strategy` subclass; ``speechkeep train strategy=NAME`` picks it.
+A new strategy (distillation, depth up-scaling, ...) is one new module with a :class:`Strategy`
+subclass and its ``Settings`` dataclass, added to ``BUILTIN`` below (or registered by any imported
+module); ``speechkeep train strategy=NAME NAME.key=value`` picks it. See :mod:`.base` for the hooks.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
-from speechkeep.strategies.base import STRATEGIES, Strategy, get_strategy, register  # noqa: F401
+from speechkeep.strategies.base import (  # noqa: F401
+    STRATEGIES, LossTerms, Strategy, get_strategy, register, strategy_settings, unregister,
+)
 
-# Importing the modules registers their strategies.
-for _m in ("adaptor", "full", "lora", "layer_lr"):
+BUILTIN = ("adaptor", "full", "lora", "layer_lr")
+"""The modules of this package that define strategies (importing them registers them)."""
+
+for _m in BUILTIN:
     import_module(f"speechkeep.strategies.{_m}")

@@ -7,6 +7,8 @@ from speechkeep.strategies.base import Strategy, register
 
 @register
 class AdaptorOnly(Strategy):
+    """The smallest strategy: no settings, the default loss, nothing to export."""
+
     name = "adaptor"
     description = "LLM frozen, only the adaptor trains"
 

@@ -47,14 +47,24 @@ def layer_scales(per_layer: list[float], lam: float) -> list[float]:
 class LayerLR(Strategy):
     name = "layer_lr"
     description = "adaptor + all LLM weights, per-layer lr lowered where textual importance is high (lambda 0.4)"
+    Settings = LayerLRSettings
     llm_changed = True
+
+    def check(self):
+        if self.settings.importance:
+            from speechkeep.importance.runs import load_summary
+
+            load_summary(self.settings.importance)
+
+    def inputs(self):
+        return [self.settings.importance] if self.settings.importance else []
 
     def layer_importance(self, model) -> list[float]:
         from speechkeep.importance.runs import batched, load_summary, queries_from_manifest
         from speechkeep.importance.summary import summarize
         from speechkeep.importance.taylor import compute_importance
 
-        s = self.config.layer_lr
+        s = self.settings
         if s.importance:
             summary = load_summary(s.importance)
         else:
@@ -73,7 +83,7 @@ class LayerLR(Strategy):
         from speechkeep.importance.summary import layer_of
 
         base = self.config.optim.lr
-        scales = layer_scales(self.layer_importance(model), self.config.layer_lr.lam)
+        scales = layer_scales(self.layer_importance(model), self.settings.lam)
         self.layer_lrs = [base * s for s in scales]
         groups = [self.adaptor_group(model)]
         per_layer: dict[int, list] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from speechkeep.config import Checked, ranged
+from speechkeep.models.transforms import Transform, register_transform
 from speechkeep.strategies.base import Strategy, register
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -31,24 +32,35 @@ class LoraSettings(Checked):
     """Merge LoRA into the LLM weights before the final save (saves a plain transformers model)."""
 
 
+def _apply_lora(llm, settings: dict):
+    """The ``lora`` model transform: wrap the LLM with peft LoRA adapters (``settings``: LoraConfig keywords)."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(llm, LoraConfig(**settings, bias="none", task_type="CAUSAL_LM"))
+
+
+register_transform(Transform("lora", _apply_lora, owns=lambda key, settings: ".lora_" in key))
+
+
 @register
 class LoRA(Strategy):
     name = "lora"
     description = "adaptor + LoRA on q,k,v,o,gate,up,down (alpha = 2r)"
+    Settings = LoraSettings
     llm_changed = True
+    """The LLM trains (through its LoRA adapters, saved with the ``lora`` transform; its own weights stay frozen)."""
 
     def setup(self, model):
-        from peft import LoraConfig, get_peft_model
-
-        s = self.config.lora
+        s = self.settings
         for p in model.llm.parameters():
             p.requires_grad_(False)
-        cfg = LoraConfig(r=s.r, lora_alpha=s.alpha if s.alpha is not None else 2 * s.r, lora_dropout=s.dropout,
-                         target_modules=list(s.target_modules), bias="none", task_type="CAUSAL_LM")
-        model.llm = get_peft_model(model.llm, cfg)
+        model.apply_transform("lora", {"r": s.r, "lora_alpha": s.alpha if s.alpha is not None else 2 * s.r,
+                                       "lora_dropout": s.dropout, "target_modules": list(s.target_modules)})
         lora_params = [p for n, p in model.llm.named_parameters() if p.requires_grad]
         return [self.adaptor_group(model), {"name": "lora", "params": lora_params, "lr": self.config.optim.lr}]
 
     def export(self, model):
-        if self.config.lora.merge_on_export:
+        if self.settings.merge_on_export:
             model.llm = model.llm.merge_and_unload()
+            model.transforms = [t for t in model.transforms if t["name"] != "lora"]
+            model.llm_weights_changed = True

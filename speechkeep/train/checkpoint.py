@@ -38,7 +38,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
     A damaged checkpoint is a DataError, one of another model or strategy a ConfigError (both name it)."""
     from speechkeep.errors import ConfigError, DataError
-    from speechkeep.models.speech_llm import read_safetensors
+    from speechkeep.models.persistence import read_safetensors
 
     params = read_safetensors(path / "trainable.safetensors", "checkpoint weights")
     named = dict(model.named_parameters())

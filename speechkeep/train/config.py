@@ -1,15 +1,19 @@
-"""``speechkeep train`` configuration."""
+"""``speechkeep train`` configuration.
+
+The core config names no strategy: each strategy's settings dataclass (``Strategy.Settings``, in the
+strategy's own module) is a plugin section of :class:`TrainConfig`, reachable as ``<strategy>.<key>``
+in YAML and ``key=value`` overrides (``lora.r=16``) and listed by ``speechkeep train --help``; the
+sections are looked up in the strategy registry (:mod:`speechkeep.strategies`) when a config is built.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from speechkeep.config import Checked, ranged
 from speechkeep.errors import RangeError
 from speechkeep.models.speech_llm import SpeechLLMConfig
-from speechkeep.strategies.layer_lr import LayerLRSettings
-from speechkeep.strategies.lora import LoraSettings
 
 
 @dataclass
@@ -74,11 +78,9 @@ class TrainConfig(Checked):
     init_from: str | None = "auto"
     """Where the SpeechLLM starts: 'auto' = the shipped aligned front-end for model.llm + model.speech_encoder when there is one (bundled:smollm2-135m+whisper-tiny.en), else a fresh adaptor; 'none' = a fresh adaptor (from scratch); or a front-end spec, saved SpeechLLM or run directory."""
     strategy: str = "adaptor"
-    """Adaptation strategy: adaptor | full | lora | layer_lr (see speechkeep.strategies)."""
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    """LoRA settings (strategy=lora)."""
-    layer_lr: LayerLRSettings = field(default_factory=LayerLRSettings)
-    """Importance-driven layer-wise learning rates (strategy=layer_lr)."""
+    """Adaptation strategy: adaptor | full | lora | layer_lr, or any other registered one (see speechkeep.strategies)."""
+    sections: dict[str, Any] = field(default_factory=dict)
+    """Settings of every registered strategy, by strategy name (set as ``<strategy>.<key>``, e.g. lora.r=16)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and schedule."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -101,3 +103,17 @@ class TrainConfig(Checked):
     """Seed of initialization, data order and dropout."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU."""
+
+    @staticmethod
+    def __config_sections__() -> dict[str, type]:
+        """Plugin sections (see :func:`speechkeep.config.config_sections`): the registered strategies' settings."""
+        from speechkeep.strategies import strategy_settings  # the registry, not a strategy
+
+        return strategy_settings()
+
+    def __getattr__(self, name: str) -> Any:
+        """A strategy's settings as an attribute (``cfg.lora.r``)."""
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or strategy section '{name}'")

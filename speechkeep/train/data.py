@@ -116,14 +116,15 @@ class BatchStream:
 
 def to_queries(batch: Sequence[Example], features: Callable[[list[str]], list[torch.Tensor]],
                asr_instruction: str) -> list[Query]:
-    """Attach cached encoder features and build model queries."""
+    """Attach cached encoder features and build model queries (a spoken query keeps its transcript and
+    every query its task, for the strategy's loss and the per-task metrics)."""
     speech = [e.audio for e in batch if e.task != "t2t"]
     feats = iter(features(speech)) if speech else iter(())
     out = []
     for e in batch:
         if e.task == "t2t":
-            out.append(Query(text=e.text, response=e.target))
+            out.append(Query(text=e.text, response=e.target, task=e.task))
         else:
             out.append(Query(speech_features=next(feats), response=e.target,
-                             instruction=asr_instruction if e.task == "asr" else None))
+                             instruction=asr_instruction if e.task == "asr" else None, transcript=e.text, task=e.task))
     return out

@@ -9,7 +9,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,8 +19,8 @@ from speechkeep.config import config_to_dict
 from speechkeep.errors import ConfigError, TrainingError
 from speechkeep.io import OutputDir, write_json
 from speechkeep.models.speech_llm import SpeechLLM
-from speechkeep.strategies import get_strategy
-from speechkeep.strategies.base import count_trainable
+from speechkeep.strategies import STRATEGIES, get_strategy
+from speechkeep.strategies.base import LossTerms, count_trainable
 from speechkeep.train.checkpoint import load_checkpoint, save_checkpoint
 from speechkeep.train.config import TrainConfig
 from speechkeep.train.data import BatchStream, examples_from_rows, to_queries
@@ -36,6 +36,8 @@ class TrainResult:
     seconds: float
     trainable_params: int
     tokens_per_second: float
+    model: SpeechLLM | None = field(default=None, repr=False, compare=False)
+    """The trained model as saved (after the strategy's export; on the main process)."""
 
 
 def resolve_init(cfg: TrainConfig) -> str | None:
@@ -52,7 +54,7 @@ def resolve_init(cfg: TrainConfig) -> str | None:
 
 
 def build_model(cfg: TrainConfig) -> SpeechLLM:
-    from speechkeep.models.speech_llm import load_speech_llm
+    from speechkeep.models.persistence import load_speech_llm
 
     init = resolve_init(cfg)
     if init is None:
@@ -119,7 +121,6 @@ def _check_before_start(cfg: TrainConfig, out: Path) -> None:
     """Everything that can be checked before the model is loaded (seconds to minutes)."""
     from speechkeep.models.llm import resolve_llm_dir
     from speechkeep.models.speech_encoder import resolve_encoder_dir
-    from speechkeep.strategies import STRATEGIES
 
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"strategy: unknown strategy '{cfg.strategy}'; available: {', '.join(sorted(STRATEGIES))}")
@@ -128,15 +129,12 @@ def _check_before_start(cfg: TrainConfig, out: Path) -> None:
         resolve_llm_dir(cfg.model.llm)
         resolve_encoder_dir(cfg.model.speech_encoder)
     else:
-        from speechkeep.models.speech_llm import check_model_spec
+        from speechkeep.models.persistence import check_model_spec
 
         if not Path(init).exists() and not init.startswith("bundled:"):
             raise ConfigError(f"init_from: {init}: no such run, SpeechLLM directory or front-end spec")
         check_model_spec(init, "init_from")
-    if cfg.strategy == "layer_lr" and cfg.layer_lr.importance:
-        from speechkeep.importance.runs import load_summary
-
-        load_summary(cfg.layer_lr.importance)
+    get_strategy(cfg.strategy, cfg).check()
     ckpt = out / "checkpoint"
     if ckpt.exists() and not cfg.resume and not cfg.overwrite:
         raise ConfigError(f"{ckpt} exists: pass resume=true to continue it, or choose another output_dir")
@@ -173,7 +171,9 @@ def train(cfg: TrainConfig, rows: Sequence | None = None,
     The config, the output directory, the model specs and the training data are checked before the
     model is loaded; a run that fails leaves nothing behind unless it has a checkpoint to resume from."""
     out = Path(cfg.output_dir)
-    inputs = [cfg.data.train if rows is None else None, cfg.init_from, cfg.layer_lr.importance, cfg.data.features_dir]
+    inputs = [cfg.data.train if rows is None else None, cfg.init_from, cfg.data.features_dir]
+    if cfg.strategy in STRATEGIES:
+        inputs += get_strategy(cfg.strategy, cfg).inputs()
     guard = OutputDir(out, "train", overwrite=cfg.overwrite, key="output_dir", keep=_keep_run, inputs=inputs)
     guard.check()
     _check_before_start(cfg, out)
@@ -223,24 +223,34 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
         step = progress_rec["step"]
         stream.load_state(progress_rec["data"])
         acc.print(f"resumed from {ckpt_dir} at step {step}")
-    write_json(out / "train_config.json", config_to_dict(cfg))
+    if acc.is_main_process:
+        write_json(out / "train_config.json", config_to_dict(cfg))
 
     model, optimizer = acc.prepare(model, optimizer)
     raw = acc.unwrap_model(model)
     raw.adaptor.train()
     raw.llm.train() if strategy.llm_changed else raw.llm.eval()
+    # Modules the loss uses but never trains (a teacher) go where the model went, in eval mode.
+    for m in strategy.frozen_modules().values():
+        m.to(acc.device)
+        m.eval()
+        m.requires_grad_(False)
 
+    tasks = sorted(cfg.data.tasks)
+    terms = list(strategy.terms)
+    main = acc.is_main_process
     metrics_path = out / "metrics.csv"
     new_file = not metrics_path.exists() or step == 0
     last_saved = step if step > 0 else None
-    mf = open(metrics_path, "w" if new_file else "a", newline="")
+    mf = open(metrics_path, "w" if new_file else "a", newline="") if main else None
     tb = None
     bar = None
     try:
-        writer = csv.writer(mf)
-        if new_file:
-            writer.writerow(["step", "loss", "lr", "tokens_per_s", "elapsed_s"] + [f"loss_{t}" for t in sorted(cfg.data.tasks)])
-        if acc.is_main_process:
+        writer = csv.writer(mf) if mf is not None else None
+        if writer is not None and new_file:
+            writer.writerow(["step", "loss", "lr", "tokens_per_s", "elapsed_s"] + [f"loss_{t}" for t in tasks]
+                            + [f"term_{n}" for n in terms])
+        if main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -251,11 +261,14 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
         loss_fn = strategy.loss
         t0 = time.perf_counter()
         tokens, last_loss, window = 0, float("nan"), []
+        win_tasks: dict[str, list[float]] = {}  # task -> [summed CE, tokens] over the log window
+        win_terms: dict[str, list[float]] = {}  # term -> [sum of per-step values, steps]
         bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train[{strategy.name}]",
-                   disable=not progress or not acc.is_main_process, dynamic_ncols=True)
+                   disable=not progress or not main, dynamic_ncols=True)
         stopped_early = False
         while step < cfg.max_steps:
             step_loss, step_tokens = 0.0, 0
+            step_terms: dict[str, float] = {}
             for _ in range(cfg.optim.grad_accum):
                 batch = None
                 for i in range(world):
@@ -264,7 +277,10 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
                         batch = b
                 queries = to_queries(batch, features, cfg.data.asr_instruction)
                 with acc.accumulate(model):
-                    loss, n_tok, extra = model(queries, loss_fn=loss_fn)
+                    out_terms = model(queries, loss_fn=loss_fn)
+                    if not isinstance(out_terms, LossTerms):
+                        raise TypeError(f"strategy {strategy.name}: loss() must return LossTerms, got {type(out_terms).__name__}")
+                    loss = out_terms.total()
                     if not torch.isfinite(loss.detach()).all():
                         _diverged(step + 1, f"the loss is {float(loss.detach()):g}", batch, ckpt_dir, last_saved)
                     acc.backward(loss)
@@ -275,7 +291,17 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 step_loss += loss.item() / cfg.optim.grad_accum
-                step_tokens += int(extra.get("input_tokens", n_tok))
+                step_tokens += int(out_terms.input_tokens or out_terms.n_tokens)
+                for name, t in out_terms.terms.items():
+                    step_terms[name] = step_terms.get(name, 0.0) + float(t.detach()) / cfg.optim.grad_accum
+                for task, (total, n) in out_terms.per_task.items():
+                    acc_t = win_tasks.setdefault(task, [0.0, 0])
+                    acc_t[0] += total
+                    acc_t[1] += n
+            for name, v in step_terms.items():
+                acc_n = win_terms.setdefault(name, [0.0, 0])
+                acc_n[0] += v
+                acc_n[1] += 1
             scheduler.step()
             step += 1
             tokens += step_tokens
@@ -287,18 +313,27 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 mean = sum(window) / len(window)
-                window = []
-                writer.writerow([step, f"{mean:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", f"{tps:.1f}", f"{elapsed:.1f}"])
-                mf.flush()
+                task_means = {t: v[0] / v[1] for t, v in win_tasks.items() if v[1]}
+                term_means = {n: v[0] / v[1] for n, v in win_terms.items() if v[1]}
+                window, win_tasks, win_terms = [], {}, {}
+                if writer is not None:
+                    writer.writerow([step, f"{mean:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", f"{tps:.1f}", f"{elapsed:.1f}"]
+                                    + [f"{task_means[t]:.5f}" if t in task_means else "" for t in tasks]
+                                    + [f"{term_means[n]:.5f}" if n in term_means else "" for n in terms])
+                    mf.flush()
                 if tb is not None:
                     tb.add_scalar("train/loss", mean, step)
                     tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                     tb.add_scalar("train/tokens_per_s", tps, step)
+                    for t, v in task_means.items():
+                        tb.add_scalar(f"train/loss_{t}", v, step)
+                    for n, v in term_means.items():
+                        tb.add_scalar(f"train/term_{n}", v, step)
             if cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60:
                 stopped_early = True
             if step % cfg.save_every == 0 or stopped_early or step == cfg.max_steps:
                 acc.wait_for_everyone()
-                if acc.is_main_process:
+                if main:
                     save_checkpoint(ckpt_dir, raw, optimizer, scheduler, step, stream.state())
                 last_saved = step
             if stopped_early:
@@ -307,16 +342,18 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
     finally:
         if bar is not None:
             bar.close()
-        mf.close()
+        if mf is not None:
+            mf.close()
         if tb is not None:
             tb.close()
     seconds = time.perf_counter() - t0
     if acc.is_main_process:
         strategy.export(raw)
-        raw.save_pretrained(out / "model", save_llm=strategy.llm_changed)
+        raw.save_pretrained(out / "model")
         result = {"steps": step, "final_loss": last_loss, "seconds": round(seconds, 1), "trainable_params": n_trainable,
                   "tokens_per_second": round(tokens / max(seconds, 1e-9), 1), "strategy": strategy.name,
                   "stopped_early": stopped_early}
         write_json(out / "summary.json", result)
     acc.wait_for_everyone()
-    return TrainResult(out, step, last_loss, seconds, n_trainable, tokens / max(seconds, 1e-9))
+    return TrainResult(out, step, last_loss, seconds, n_trainable, tokens / max(seconds, 1e-9),
+                       model=raw if acc.is_main_process else None)

@@ -1,0 +1,68 @@
+"""The CTC output of the speech adaptor (``AdaptorConfig.output='ctc'``): MLP outputs scored against
+the LLM's own (frozen) token embeddings plus a learned blank, greedy CTC decoding, and what the LLM
+reads per emitted token (posterior-weighted token embeddings, or the best token's).
+
+:class:`CTCHead` is a mixin of :class:`~speechkeep.models.adaptor.FrameStackAdaptor`: its buffer
+``ctc_vocab`` and its ``blank`` layer live on the adaptor module itself (the saved weights' names are
+``ctc_vocab`` and ``blank.*``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CTCHead:
+    """CTC over a vocabulary of LLM tokens (index 0 = blank, i = ``ctc_vocab[i-1]``). The host module
+    provides ``config`` (an ``AdaptorConfig``) and ``frame_outputs``."""
+
+    def init_ctc_head(self, d_llm: int, vocab_size: int) -> None:
+        self.register_buffer("ctc_vocab", torch.zeros(vocab_size, dtype=torch.long))
+        self.blank = nn.Linear(d_llm, 1)
+
+    def vocab_embeddings(self, token_embedding: nn.Module) -> torch.Tensor:
+        """(V, d_llm): the LLM's input embeddings of the CTC vocabulary (what the LLM reads)."""
+        return token_embedding(self.ctc_vocab)
+
+    def ctc_logits(self, hidden: torch.Tensor, vocab_emb: torch.Tensor) -> torch.Tensor:
+        """(n, d_llm) MLP outputs -> (n, 1 + V) CTC logits, index 0 = blank, i = ``ctc_vocab[i-1]``."""
+        return torch.cat([self.blank(hidden), hidden @ vocab_emb.to(hidden.dtype).T], dim=-1)
+
+    @staticmethod
+    def greedy_runs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy CTC path of (n, 1+V) logits -> (run id of each frame: the index of the emitted token it
+        belongs to, -1 for blank frames; the emitted CTC labels, one per run of equal non-blank labels)."""
+        best = logits.argmax(-1)
+        prev = torch.cat([best.new_full((1,), -1), best[:-1]])
+        starts = (best != 0) & (best != prev)
+        run = torch.cumsum(starts.long(), 0) - 1
+        run = torch.where(best != 0, run, torch.full_like(run, -1))
+        return run, best[starts]
+
+    def ctc_decode(self, frames: list[torch.Tensor], token_embedding: nn.Module) -> list[list[int]]:
+        """Greedy CTC transcription of each utterance as LLM token ids."""
+        vocab_emb = self.vocab_embeddings(token_embedding)
+        out = []
+        for h in self.frame_outputs(frames):
+            _, labels = self.greedy_runs(self.ctc_logits(h, vocab_emb))
+            out.append(self.ctc_vocab[labels - 1].tolist())
+        return out
+
+    def _emit(self, hidden: torch.Tensor, vocab_emb: torch.Tensor) -> torch.Tensor:
+        """One LLM input embedding per token of the greedy CTC path (at least one per utterance)."""
+        logits = self.ctc_logits(hidden, vocab_emb).float()
+        run, labels = self.greedy_runs(logits.detach())
+        if labels.numel() == 0:  # all blank: the frame least sure it is blank
+            run = torch.full_like(run, -1)
+            run[logits[:, 0].argmin()] = 0
+            labels = logits[:, 1:].argmax(-1)[run == 0] + 1
+        n = int(labels.numel())
+        if self.config.ctc_emit == "hard":
+            return vocab_emb[labels - 1].to(hidden.dtype)
+        keep = run >= 0
+        probs = torch.softmax(logits[keep, 1:], dim=-1)  # renormalized over the tokens (no blank)
+        mean = probs.new_zeros(n, probs.shape[1]).index_add(0, run[keep], probs)
+        mean = mean / torch.bincount(run[keep], minlength=n).clamp_min(1).unsqueeze(1).to(mean.dtype)
+        return (mean @ vocab_emb.float()).to(hidden.dtype)
+
