@@ -1,5 +1,5 @@
 """The WebQuestions splits ship inside the package: found through package resources from a checkout
-and from an installed wheel, with nothing beside the repository (no ../shared), and a user's own
+and from an installed wheel, with nothing beside the repository, and a user's own
 directory still overrides them."""
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ _RESOLVE_ELSEWHERE = textwrap.dedent(
 def test_an_installed_wheel_finds_its_data_with_nothing_beside_it(tmp_path):
     """Build a wheel from a copy of the sources, install it into an empty directory, and resolve the
     demo's and align's inputs from a working directory and HOME in another empty directory: no
-    ../shared, no checkout on the path."""
+    data directory beside the repository, no checkout on the path."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
