@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from speechkeep.errors import OutputError
+from speechkeep.errors import DataError, OutputError
 
 CACHE_ENV = "SPEECHKEEP_CACHE"
 
@@ -82,6 +82,26 @@ def _rmtree(p: Path) -> None:
     import shutil
 
     shutil.rmtree(p, ignore_errors=True)
+
+
+def read_text_bytes(path: str | os.PathLike, what: str = "") -> bytes:
+    """The bytes of a text file without a leading UTF-8 byte-order mark (DataError naming it if unreadable)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {what + ' ' if what else ''}{path}: {e.strerror or e}") from None
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """A JSON file holding an object (DataError naming the file if it is unreadable or not an object)."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable {what} ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: not a {what} (expected a JSON object)")
+    return obj
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

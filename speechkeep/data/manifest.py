@@ -129,13 +129,9 @@ def read_manifest(path: str | os.PathLike, check_audio: bool = False) -> list[Ma
 def decoded_lines(path: Path) -> list[tuple[int, str, str | None]]:
     """``(line number, text, problem)`` of every line of a text file; ``problem`` is None, or why the
     line is not UTF-8 text (its text is then ""). A leading byte-order mark is ignored."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    lines = data.split(b"\n")
+    from speechkeep.io import read_text_bytes
+
+    lines = read_text_bytes(path).split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # after the last newline
     out = []

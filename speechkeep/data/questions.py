@@ -99,12 +99,9 @@ def read_questions(path: str | os.PathLike, skip_bad: bool = False) -> ReadResul
         return _read_datasets(p, skip_bad)
     if not p.is_file():
         raise DataError(f"questions file not found: {p}")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read questions file {p}: {e.strerror or e}") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    from speechkeep.io import read_text_bytes
+
+    data = read_text_bytes(p, "questions file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -180,12 +179,9 @@ def _read_baseline(path: str) -> dict:
         base_path = base_path / "metrics.json"
     if not base_path.is_file():
         raise UsageError(f"--baseline {path}: no metrics.json there")
-    try:
-        base = json.loads(base_path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise DataError(f"{base_path}: not a readable metrics.json ({e})") from None
-    if not isinstance(base, dict):
-        raise DataError(f"{base_path}: not a metrics.json (expected a JSON object)")
+    from speechkeep.io import read_json_object
+
+    base = read_json_object(base_path, "metrics.json")
     for task in ("t2t", "s2t", "cascade"):
         acc = base.get(task, {}).get("accuracy") if isinstance(base.get(task), dict) else None
         if task in base and not isinstance(acc, (int, float)):

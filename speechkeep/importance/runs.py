@@ -7,7 +7,6 @@ A run directory holds ``importance.safetensors`` (per-parameter fp32 scores), ``
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -52,12 +51,11 @@ def load_summary(run: str | Path) -> dict:
         raise UsageError(f"importance run {run}: no such directory")
     if not p.is_file():
         raise UsageError(f"{run} is not an importance run (no summary.json)")
-    try:
-        summary = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise DataError(f"{p}: not a readable importance summary ({e})") from None
+    from speechkeep.io import read_json_object
+
+    summary = read_json_object(p, "importance summary")
     need = ("n_layers", "per_layer")
-    if not isinstance(summary, dict) or any(k not in summary for k in need) or not isinstance(summary["per_layer"], list):
+    if any(k not in summary for k in need) or not isinstance(summary["per_layer"], list):
         raise DataError(f"{p}: not an importance summary (needs {', '.join(need)})")
     return summary
 

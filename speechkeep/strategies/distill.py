@@ -25,6 +25,7 @@ still to come (issue 14).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -68,7 +69,7 @@ def distill_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     elif kind == "reverse":
         per_pos = (log_s.exp() * (log_s - log_t)).sum(-1)
     elif kind == "jsd":
-        log_m = torch.logsumexp(torch.stack([log_s, log_t]), dim=0) - torch.log(torch.tensor(2.0))
+        log_m = torch.logsumexp(torch.stack([log_s, log_t]), dim=0) - math.log(2.0)
         per_pos = 0.5 * (log_t.exp() * (log_t - log_m)).sum(-1) + 0.5 * (log_s.exp() * (log_s - log_m)).sum(-1)
     else:
         raise ValueError(f"unknown divergence {kind!r}; use forward, reverse or jsd")
