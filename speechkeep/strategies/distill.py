@@ -10,7 +10,7 @@ the untouched text LLM says, through two channels:
 The teacher is the original LLM, pristine and never trained: with a LoRA student it is the same base
 weights with the adapters disabled (peft's ``disable_adapter()``, no second copy in memory); with an
 adaptor-only student the LLM is frozen anyway; with a full student it is a frozen copy taken before
-training (one more LLM in memory: 538 MB in fp32 for SmolLM2-135M). Teacher passes run under
+training (one more LLM in memory: SmolLM2-135M's 134.5 M parameters are 538 MB in fp32, computed). Teacher passes run under
 ``torch.no_grad`` in eval mode, and their logits are computed only at response positions.
 
 Student and teacher sequences differ in length (speech frames vs text tokens), so their response
