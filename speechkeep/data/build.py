@@ -276,9 +276,9 @@ def build_dataset(cfg: DataBuildConfig) -> BuildReport:
 
     _check_config(cfg)
     out = Path(cfg.out)
-    from speechkeep.data.questions import resolve_questions_path
+    from speechkeep.data.questions import resolve_question_sources
 
-    guard = OutputDir(out, "data-build", overwrite=cfg.overwrite, inputs=[resolve_questions_path(cfg.questions)],
+    guard = OutputDir(out, "data-build", overwrite=cfg.overwrite, inputs=resolve_question_sources(cfg.questions),
                       keep=_resumable)
     guard.check()
     _voice_pools(cfg)

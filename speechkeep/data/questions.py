@@ -93,8 +93,24 @@ def read_questions(path: str | os.PathLike, skip_bad: bool = False) -> ReadResul
     """Read questions from a JSON array, a JSONL file or a ``datasets`` directory (auto-detected).
 
     ``webquestions:SPLIT`` (e.g. ``webquestions:devtest``) names a WebQuestions split shipped with
-    the package (see :mod:`speechkeep.data.webquestions`)."""
-    p = resolve_questions_path(path)
+    the package (see :mod:`speechkeep.data.webquestions`); ``webquestions:heldout+devtest`` (alias
+    ``webquestions:clean``, the 1,205-question clean evaluation pool) reads several splits in order,
+    and an id that occurs in two of them is an error naming both places."""
+    sources = resolve_question_sources(path)
+    if len(sources) == 1:
+        return _read_one(sources[0], skip_bad)
+    parts = [_read_one(p, skip_bad) for p in sources]
+    seen: dict[str, QuestionItem] = {}
+    for part in parts:
+        for item in part.items:
+            if item.id in seen:
+                raise DataError(f"{item.where}: duplicate id '{item.id}' (first at {seen[item.id].where})")
+            seen[item.id] = item
+    return ReadResult([i for part in parts for i in part.items], [s for part in parts for s in part.skipped],
+                      parts[0].format, str(path))
+
+
+def _read_one(p: Path, skip_bad: bool) -> ReadResult:
     if p.is_dir():
         return _read_datasets(p, skip_bad)
     if not p.is_file():
@@ -120,14 +136,26 @@ def read_questions(path: str | os.PathLike, skip_bad: bool = False) -> ReadResul
     return _read_jsonl(p, [(n, raw, None) for n, raw in enumerate(text.splitlines(), 1)], skip_bad)
 
 
-def resolve_questions_path(path: str | os.PathLike) -> Path:
-    """``webquestions:SPLIT`` -> the shipped split's file; anything else -> ``Path(path)``."""
+def resolve_question_sources(path: str | os.PathLike) -> list[Path]:
+    """The files behind a questions spec: ``webquestions:SPLIT[+SPLIT...]`` (or ``webquestions:clean``)
+    -> the shipped splits' files, in order; anything else -> ``[Path(path)]``."""
     text = str(path)
     if text.startswith(WEBQUESTIONS_PREFIX):
-        from speechkeep.data.webquestions import webquestions_file
+        from speechkeep.data.webquestions import split_names, webquestions_file
 
-        return webquestions_file(text[len(WEBQUESTIONS_PREFIX):])
-    return Path(path)
+        return [webquestions_file(s) for s in split_names(text[len(WEBQUESTIONS_PREFIX):])]
+    return [Path(path)]
+
+
+def resolve_questions_path(path: str | os.PathLike) -> Path:
+    """The single file behind a questions spec (see :func:`resolve_question_sources`); a spec naming
+    several splits is a UsageError here (the caller needs one file)."""
+    sources = resolve_question_sources(path)
+    if len(sources) != 1:
+        from speechkeep.errors import UsageError
+
+        raise UsageError(f"{path}: names {len(sources)} files where one is needed")
+    return sources[0]
 
 
 WEBQUESTIONS_PREFIX = "webquestions:"

@@ -69,14 +69,15 @@ class EvalItem:
 
 def load_eval_items(data: str, split: str | None, limit: int | None) -> tuple[list[EvalItem], bool]:
     """(items, has_audio)."""
-    from speechkeep.data.questions import resolve_questions_path
+    from speechkeep.data.questions import resolve_question_sources
 
-    p = resolve_questions_path(data)
+    sources = resolve_question_sources(data)
+    p = sources[0]
     if p.is_dir():
         p = p / "manifest.jsonl"
-    if not p.exists():
+    if len(sources) == 1 and not p.exists():
         raise UsageError(f"evaluation data not found: {p}")
-    if p.suffix == ".jsonl" and p.name.startswith("manifest"):
+    if len(sources) == 1 and p.suffix == ".jsonl" and p.name.startswith("manifest"):
         from speechkeep.data.manifest import read_manifest
 
         rows = read_manifest(p)
@@ -87,7 +88,7 @@ def load_eval_items(data: str, split: str | None, limit: int | None) -> tuple[li
     else:
         from speechkeep.data.questions import read_questions
 
-        res = read_questions(p)
+        res = read_questions(p if len(sources) == 1 else data)
         items = [EvalItem(q.id, q.text, list(q.answers), q.response, None) for q in res.items]
         has_audio = False
     if limit is not None:

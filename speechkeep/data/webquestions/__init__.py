@@ -31,6 +31,21 @@ CLEAN_EVAL_SPLITS = ("heldout", "devtest")
 """Never in a training, alignment, teacher or vocabulary corpus."""
 
 
+ALIASES: dict[str, tuple[str, ...]] = {"clean": CLEAN_EVAL_SPLITS}
+"""``webquestions:clean`` = ``webquestions:heldout+devtest``: the 1,205 clean evaluation questions."""
+
+
+def split_names(spec: str) -> list[str]:
+    """``'heldout+devtest'`` -> ``['heldout', 'devtest']``; an alias (``'clean'``) -> its splits."""
+    names: list[str] = []
+    for part in spec.split("+"):
+        part = part.strip()
+        if not part:
+            raise UsageError(f"webquestions:{spec}: empty split name; shipped splits: {', '.join(SPLITS)}")
+        names.extend(ALIASES.get(part, (part,)))
+    return names
+
+
 def shipped_dir() -> Path:
     """The directory of the question files shipped in the package."""
     root = resources.files(__name__)
