@@ -142,3 +142,24 @@ def test_an_installed_wheel_finds_its_data_with_nothing_beside_it(tmp_path):
         assert path.is_file()
     assert got["n"] == SIZES
     assert not list(work.iterdir()) and not (home / ".cache" / "speechkeep").exists()
+
+
+def test_clean_pool_reads_as_one_question_set(monkeypatch):
+    """webquestions:clean = heldout + devtest in order (1,205); the same set through eval; a split named
+    twice is a duplicate-id error naming both places; an empty split name is a usage error."""
+    from speechkeep.data.questions import read_questions, resolve_question_sources
+    from speechkeep.errors import DataError, UsageError
+    from speechkeep.evaluate.run import load_eval_items
+
+    monkeypatch.delenv("SPEECHKEEP_WEBQUESTIONS", raising=False)
+    clean = read_questions("webquestions:clean")
+    heldout, devtest = read_questions("webquestions:heldout"), read_questions("webquestions:devtest")
+    assert [q.id for q in clean.items] == [q.id for q in heldout.items] + [q.id for q in devtest.items]
+    assert len(clean.items) == 1205
+    assert [p.name for p in resolve_question_sources("webquestions:heldout+devtest")] == ["heldout.json", "devtest.json"]
+    items, has_audio = load_eval_items("webquestions:clean", None, None)
+    assert [i.id for i in items] == [q.id for q in clean.items] and not has_audio
+    with pytest.raises(DataError, match=r"devtest\.json:\d+: duplicate id .*first at .*devtest\.json"):
+        read_questions("webquestions:devtest+devtest")
+    with pytest.raises(UsageError, match="empty split name"):
+        read_questions("webquestions:devtest+")
