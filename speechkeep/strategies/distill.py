@@ -25,8 +25,12 @@ still to come (issue 14).
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
 import math
+import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -37,6 +41,7 @@ from speechkeep.errors import ConfigError, SpeechkeepError
 from speechkeep.strategies.base import STRATEGIES, LossTerms, Strategy, register, task_losses
 
 TERMS = ("ce", "kl_t2t", "kl_s2t")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,13 +58,21 @@ class DistillSettings(Checked):
     """forward = KL(teacher || student), reverse = KL(student || teacher), jsd = Jensen-Shannon divergence."""
     t2_scale: bool = True
     """Multiply the KL terms by T^2 (keeps their gradient scale independent of the temperature)."""
+    cache_top_k: int = ranged(0, ge=0)
+    """Teacher cache (0 = off): before training, store the teacher's k most likely tokens per response token of
+    the training set on disk (log-probabilities at the temperature, the rest of the mass as one bucket); the
+    KL terms are then computed over those k + 1 buckets and no step runs the teacher."""
+    cache_dir: str | None = None
+    """Directory of the teacher cache files (default: speechkeep's cache, ``distill/``); a file is named by a
+    fingerprint of the teacher's weights, the training texts, the temperature and k."""
 
 
 def distill_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "forward",
                        temperature: float = 1.0, t2_scale: bool = True) -> torch.Tensor:
     """Mean over positions of the divergence between teacher and student next-token distributions at
     temperature T ((N, vocab) logits each): forward KL(p_t || p_s), reverse KL(p_s || p_t), or the
-    Jensen-Shannon divergence; times T^2 when ``t2_scale``."""
+    Jensen-Shannon divergence; times T^2 when ``t2_scale``. The reference implementation (plain autograd);
+    training uses :func:`fused_divergences`, which gives the same values and gradients (tested)."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} vs teacher {tuple(teacher_logits.shape)}")
     log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
@@ -77,12 +90,224 @@ def distill_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return out * temperature**2 if t2_scale else out
 
 
+# Rows of (N, vocab) logits processed at once by the fused divergence on CPU: a few MB per buffer, so
+# the intermediates stay in cache (one pass over RAM per input and per gradient).
+_CHUNK_FLOATS = 1 << 19
+
+
+def _chunk_divergence(log_s: torch.Tensor, log_t: torch.Tensor, kind: str, temperature: float):
+    """Per-row divergence and its gradient with respect to the student's logits (before the 1/N and
+    T^2 factors) for one chunk of rows; ``log_s``/``log_t`` are log-softmaxes at temperature T."""
+    p_s = log_s.exp()
+    if kind == "forward":  # KL(t || s); d/dz_s = (p_s - p_t) / T
+        p_t = log_t.exp()
+        per_row = (p_t * (log_t - log_s)).sum(-1)
+        grad = p_s.sub_(p_t)
+    elif kind == "reverse":  # KL(s || t); d/dz_s = p_s * ((log_s - log_t) - KL) / T
+        diff = log_s - log_t
+        per_row = (p_s * diff).sum(-1)
+        grad = diff.sub_(per_row[:, None]).mul_(p_s)
+    elif kind == "jsd":  # d/dz_s = p_s * (g - sum(p_s g)) / T, g = (log_s - log_m) / 2
+        p_t = log_t.exp()
+        log_m = torch.logaddexp(log_s, log_t) - math.log(2.0)
+        log_m = torch.where(log_s == log_t, log_s, log_m)  # exact where the two agree (0 for identical logits)
+        per_row = 0.5 * (p_t * (log_t - log_m)).sum(-1) + 0.5 * (p_s * (log_s - log_m)).sum(-1)
+        g = (log_s - log_m).mul_(0.5)
+        grad = g.sub_((p_s * g).sum(-1, keepdim=True)).mul_(p_s)
+    else:
+        raise ValueError(f"unknown divergence {kind!r}; use forward, reverse or jsd")
+    return per_row, grad.div_(temperature)
+
+
+class _FusedDivergences(torch.autograd.Function):
+    """Divergences of several students' logits from one teacher's, computed chunk by chunk with their
+    gradients in the same pass (the teacher's log-softmax once for all students)."""
+
+    @staticmethod
+    def forward(ctx, kind, temperature, scale, teacher, *students):
+        n, v = teacher.shape
+        chunk = n if teacher.is_cuda else max(1, _CHUNK_FLOATS // max(v, 1))
+        needs = [s.requires_grad for s in students]
+        grads = [torch.empty_like(s, dtype=torch.float32) if need else None for s, need in zip(students, needs)]
+        totals = [teacher.new_zeros((), dtype=torch.float32) for _ in students]
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            log_t = F.log_softmax(teacher[a:b].float() / temperature, dim=-1)
+            for i, s in enumerate(students):
+                log_s = F.log_softmax(s[a:b].float() / temperature, dim=-1)
+                per_row, grad = _chunk_divergence(log_s, log_t, kind, temperature)
+                totals[i] += per_row.sum()
+                if grads[i] is not None:
+                    grads[i][a:b] = grad
+        ctx.scale = scale / max(n, 1)
+        ctx.save_for_backward(*[g for g in grads if g is not None])
+        ctx.needs = needs
+        return tuple(t * ctx.scale for t in totals)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        saved = iter(ctx.saved_tensors)
+        out = []
+        for need, g_out in zip(ctx.needs, grad_outputs):
+            g = next(saved) if need else None
+            out.append(None if g is None else g * (g_out * ctx.scale).to(g.dtype))
+        return (None, None, None, None, *out)
+
+
+def fused_divergences(students: list[torch.Tensor], teacher_logits: torch.Tensor, kind: str = "forward",
+                      temperature: float = 1.0, t2_scale: bool = True) -> list[torch.Tensor]:
+    """:func:`distill_divergence` of each student's (N, vocab) logits from the same teacher logits, in one
+    chunked pass (values equal up to float rounding, identical logits give exactly 0, gradients
+    analytic: (p_s - p_t) / T for the forward KL)."""
+    for s in students:
+        if s.shape != teacher_logits.shape:
+            raise ValueError(f"student logits {tuple(s.shape)} vs teacher {tuple(teacher_logits.shape)}")
+    if kind not in ("forward", "reverse", "jsd"):
+        raise ValueError(f"unknown divergence {kind!r}; use forward, reverse or jsd")
+    scale = temperature**2 if t2_scale else 1.0
+    return list(_FusedDivergences.apply(kind, float(temperature), float(scale), teacher_logits.detach(), *students))
+
+
 def as_text_query(q):
     """The text version of a training query: its transcript (or its text) as the question, same response."""
     text = q.transcript if q.transcript is not None else q.text
     if not text:
         raise SpeechkeepError("distill needs each spoken training item's transcript (the manifest's text)")
     return replace(q, text=text, audio=None, speech_features=None, instruction=None)
+
+
+# ---------------------------------------------------------------------- teacher top-k cache
+def teacher_top_k(teacher_logits: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's k most likely tokens per position: (ids (N, k), log-probabilities (N, k + 1)) at the
+    temperature, the last column being the log of the remaining mass (-inf when k covers the vocabulary)."""
+    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    k = min(int(k), log_t.shape[-1])
+    vals, ids = log_t.topk(k, dim=-1)
+    if k < log_t.shape[-1]:
+        rest = log_t.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
+    else:
+        rest = vals.new_full((vals.shape[0], 1), float("-inf"))
+    return ids, torch.cat([vals, rest], dim=-1)
+
+
+def top_k_divergence(student_logits: torch.Tensor, ids: torch.Tensor, teacher_logp: torch.Tensor, kind: str = "forward",
+                     temperature: float = 1.0, t2_scale: bool = True) -> torch.Tensor:
+    """:func:`distill_divergence` over k + 1 buckets: the teacher's top-k tokens ``ids`` (N, k) and the rest.
+    The student's probabilities are gathered at the same ids, its remaining mass is the last bucket; with
+    k = the vocabulary the value is the full divergence (tested)."""
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    k, vocab = ids.shape[-1], log_s.shape[-1]
+    ids = ids.to(device=log_s.device, dtype=torch.long)
+    lt = teacher_logp.to(log_s.device, torch.float32)
+    if k < vocab:
+        rest = log_s.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
+        ls = torch.cat([log_s.gather(-1, ids), rest], dim=-1)
+    else:  # no remaining mass on either side
+        ls, lt = log_s.gather(-1, ids), lt[:, :k]
+    if kind == "forward":
+        per_pos = (lt.exp() * (lt - ls)).sum(-1)
+    elif kind == "reverse":
+        per_pos = (ls.exp() * (ls - lt)).sum(-1)
+    elif kind == "jsd":
+        log_m = torch.logaddexp(ls, lt) - math.log(2.0)
+        per_pos = 0.5 * (lt.exp() * (lt - log_m)).sum(-1) + 0.5 * (ls.exp() * (ls - log_m)).sum(-1)
+    else:
+        raise ValueError(f"unknown divergence {kind!r}; use forward, reverse or jsd")
+    out = per_pos.mean()
+    return out * temperature**2 if t2_scale else out
+
+
+def _blake(*parts) -> "hashlib.blake2b":
+    h = hashlib.blake2b(digest_size=20)
+    for p in parts:
+        h.update(p if isinstance(p, (bytes, bytearray)) else str(p).encode("utf-8"))
+        h.update(b"\0")
+    return h
+
+
+def tensor_fingerprint(tensors) -> str:
+    """A hash of the bytes, shapes and dtypes of tensors (the teacher's weights)."""
+    h = hashlib.blake2b(digest_size=20)
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().data)
+    return h.hexdigest()
+
+
+_SAVE_EVERY_S = 60.0
+"""Seconds between partial writes of a teacher cache being built."""
+
+
+class TeacherCache:
+    """The teacher's top-k log-probabilities per response token of a fixed set of text queries, in one
+    file (written atomically; a partial file is continued by the next run with the same fingerprint)."""
+
+    def __init__(self, path: Path, fingerprint: str, k: int, temperature: float):
+        self.path, self.fingerprint, self.k, self.temperature = Path(path), fingerprint, int(k), float(temperature)
+        self.index: dict[str, tuple[int, int]] = {}  # item key -> (first row, rows)
+        self._ids: list[torch.Tensor] = []
+        self._logp: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+        self._rows = 0
+        self.complete = False
+
+    @classmethod
+    def open(cls, path, fingerprint: str, k: int, temperature: float) -> "TeacherCache":
+        """The cache at ``path`` if it holds this fingerprint (complete or partial), else an empty one."""
+        c = cls(path, fingerprint, k, temperature)
+        if c.path.is_file():
+            try:
+                d = torch.load(c.path, map_location="cpu", weights_only=True)
+            except Exception as e:  # a damaged file is rebuilt, never trusted
+                log.warning("teacher cache %s unreadable (%s): rebuilding it", c.path, e)
+                return c
+            if d.get("fingerprint") == fingerprint and d.get("k") == c.k:
+                c._ids, c._logp, c._targets = [d["ids"]], [d["logp"]], [d["targets"]]
+                c._rows = int(d["targets"].shape[0])
+                c.index = {key: (int(a), int(n)) for key, a, n in zip(d["keys"], d["starts"].tolist(), d["lengths"].tolist())}
+                c.complete = bool(d.get("complete"))
+        return c
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def add(self, key: str, ids: torch.Tensor, logp: torch.Tensor, targets: torch.Tensor) -> None:
+        self.index[key] = (self._rows, int(targets.shape[0]))
+        self._ids.append(ids.to("cpu", torch.int32))
+        self._logp.append(logp.to("cpu", torch.float32))
+        self._targets.append(targets.to("cpu", torch.int32))
+        self._rows += int(targets.shape[0])
+
+    def _consolidate(self) -> None:
+        if len(self._ids) > 1:
+            self._ids, self._logp, self._targets = ([torch.cat(x)] for x in (self._ids, self._logp, self._targets))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._ids + self._logp + self._targets)
+
+    def save(self, complete: bool) -> None:
+        from speechkeep.io import atomic_path
+
+        self._consolidate()
+        keys = list(self.index)
+        empty = (torch.zeros(0, self.k, dtype=torch.int32), torch.zeros(0, self.k + 1), torch.zeros(0, dtype=torch.int32))
+        d = {"fingerprint": self.fingerprint, "k": self.k, "temperature": self.temperature, "complete": bool(complete),
+             "keys": keys, "starts": torch.tensor([self.index[x][0] for x in keys], dtype=torch.long),
+             "lengths": torch.tensor([self.index[x][1] for x in keys], dtype=torch.long),
+             "ids": self._ids[0] if self._ids else empty[0], "logp": self._logp[0] if self._logp else empty[1],
+             "targets": self._targets[0] if self._targets else empty[2]}
+        with atomic_path(self.path) as tmp:
+            torch.save(d, tmp)
+        self.complete = bool(complete)
+
+    def lookup(self, keys: list[str]):
+        """(ids, logp, targets) of the items ``keys`` in order, or None when one is missing."""
+        if any(k not in self.index for k in keys):
+            return None
+        self._consolidate()
+        rows = torch.cat([torch.arange(a, a + n) for a, n in (self.index[k] for k in keys)])
+        return self._ids[0][rows], self._logp[0][rows], self._targets[0][rows]
 
 
 @register
@@ -97,6 +322,10 @@ class Distill(Strategy):
         super().__init__(config)
         self._student: Strategy | None = None
         self._teacher_llm: torch.nn.Module | None = None
+        self.cache: TeacherCache | None = None
+        """The teacher top-k cache of this run (``distill.cache_top_k`` > 0, after :meth:`begin`)."""
+        self.teacher_calls = 0
+        """Teacher forward passes so far (the cache's tests count them)."""
 
     def check(self) -> None:
         s = self.settings
@@ -128,10 +357,14 @@ class Distill(Strategy):
     def export(self, model):
         self.student.export(model)
 
-    # ------------------------------------------------------------------ loss
+    # ------------------------------------------------------------------ teacher
+    def _weights(self) -> dict[str, float]:
+        return {t: float(self.settings.weights.get(t, 0.0)) for t in TERMS}
+
     @torch.no_grad()
     def teacher_response_logits(self, model, text_queries):
         """The pristine LLM's logits at the response positions of the text queries."""
+        self.teacher_calls += 1
         if self._teacher_llm is not None:  # full student: the frozen copy, through the same splicing
             student_llm, model.llm = model.llm, self._teacher_llm
             try:
@@ -149,27 +382,120 @@ class Distill(Strategy):
         finally:
             model.llm.train(was_training)
 
-    def _kl(self, student, teacher) -> torch.Tensor:
-        if not torch.equal(student.targets, teacher.targets) or not torch.equal(student.rows, teacher.rows):
+    def _teacher_parameters(self, model):
+        if self._teacher_llm is not None:
+            return [p for _, p in self._teacher_llm.named_parameters()]
+        return [p for n, p in model.llm.named_parameters() if "lora_" not in n]
+
+    @staticmethod
+    def item_key(model, q) -> str:
+        """What identifies a teacher text query: the token ids the teacher reads and the ones it predicts."""
+        ids = model.chat.text_prompt_ids(q.text) + [-1] + model.chat.response_ids(q.response)
+        return _blake(",".join(map(str, ids))).hexdigest()
+
+    def begin(self, model, examples) -> None:
+        """With ``distill.cache_top_k`` > 0: open the teacher cache of this teacher, training set,
+        temperature and k, computing (or finishing) it when needed, so training steps run no teacher."""
+        s, w = self.settings, self._weights()
+        if s.cache_top_k <= 0 or (w["kl_t2t"] <= 0 and w["kl_s2t"] <= 0):
+            return
+        from speechkeep.io import cache_dir
+        from speechkeep.models.speech_llm import Query
+
+        items: dict[str, Query] = {}
+        for exs in examples.values():
+            for e in exs:
+                q = Query(text=e.text, response=e.target)
+                items.setdefault(self.item_key(model, q), q)
+        t0 = time.perf_counter()
+        teacher_fp = tensor_fingerprint(self._teacher_parameters(model))
+        fp = _blake("teacher-top-k v1", teacher_fp, s.temperature, s.cache_top_k, *sorted(items)).hexdigest()
+        root = Path(s.cache_dir) if s.cache_dir else cache_dir("distill")
+        path = root / f"teacher_top{s.cache_top_k}_{fp[:24]}.pt"
+        cache = TeacherCache.open(path, fp, s.cache_top_k, s.temperature)
+        todo = [key for key in items if key not in cache]
+        if todo:
+            log.info("distill: teacher top-%d cache %s: %d of %d items to compute", s.cache_top_k, path, len(todo), len(items))
+            bs = max(1, int(getattr(self.config.data, "batch_size", 8)))
+            todo.sort(key=lambda key: len(items[key].text) + len(items[key].response))
+            last_save = time.perf_counter()
+            for a in range(0, len(todo), bs):
+                keys = todo[a: a + bs]
+                t = self.teacher_response_logits(model, [items[key] for key in keys])
+                ids, logp = teacher_top_k(t.logits, s.cache_top_k, s.temperature)
+                for i, key in enumerate(keys):
+                    sel = t.rows == i
+                    cache.add(key, ids[sel], logp[sel], t.targets[sel])
+                if time.perf_counter() - last_save >= _SAVE_EVERY_S:  # resumable: a partial file every minute
+                    cache.save(complete=False)
+                    last_save = time.perf_counter()
+        if todo or not cache.complete:
+            cache.save(complete=True)
+        log.info("distill: teacher top-%d cache %s: %d items, %.1f MB in memory and on disk (%.1f s)", s.cache_top_k,
+                 path, len(items), cache.nbytes() / 1e6, time.perf_counter() - t0)
+        self.cache = cache
+
+    def _teacher_targets(self, model, queries, text_queries):
+        """The teacher's side of the KL terms for these queries: ("full", ResponseLogits) without a cache,
+        ("top_k", (ids, logp, targets, rows)) with one (from the cache, or computed when an item is not in it)."""
+        k = self.settings.cache_top_k
+        if k <= 0:
+            return "full", self.teacher_response_logits(model, text_queries)
+        got = self.cache.lookup([self.item_key(model, q) for q in text_queries]) if self.cache is not None else None
+        if got is not None:
+            ids, logp, targets = got
+            return "top_k", (ids, logp, targets.long())
+        t = self.teacher_response_logits(model, text_queries)
+        ids, logp = teacher_top_k(t.logits, k, self.settings.temperature)
+        return "top_k", (ids, logp, t.targets)
+
+    # ------------------------------------------------------------------ loss
+    def _check_aligned(self, student, teacher_targets, teacher_rows=None) -> None:
+        same = torch.equal(student.targets, teacher_targets.to(student.targets.device))
+        if same and teacher_rows is not None:
+            same = torch.equal(student.rows, teacher_rows.to(student.rows.device))
+        if not same:
             raise SpeechkeepError("distill: the student's and the teacher's response tokens differ; "
                                   "their positions cannot be matched")
+
+    def _kl(self, student, teacher) -> torch.Tensor:
+        """One KL term between a student's and a teacher's response logits (positions checked)."""
+        self._check_aligned(student, teacher.targets, teacher.rows)
         s = self.settings
-        return distill_divergence(student.logits, teacher.logits, s.kl, s.temperature, s.t2_scale)
+        return fused_divergences([student.logits], teacher.logits, s.kl, s.temperature, s.t2_scale)[0]
 
     def loss(self, model, queries):
-        w = {t: float(self.settings.weights.get(t, 0.0)) for t in TERMS}
+        s, w = self.settings, self._weights()
         batch = model.prepare(queries)
         r = model.response_logits(batch)
         ce = r.cross_entropy()
         terms = {"ce": ce}
-        need_teacher = w["kl_t2t"] > 0 or w["kl_s2t"] > 0
-        if need_teacher:
+        if w["kl_t2t"] > 0 or w["kl_s2t"] > 0:
             text_queries = [as_text_query(q) for q in queries]
-            teacher = self.teacher_response_logits(model, text_queries)
+            students: dict[str, object] = {}
             if w["kl_s2t"] > 0:
-                terms["kl_s2t"] = self._kl(r, teacher)
+                students["kl_s2t"] = r
             if w["kl_t2t"] > 0:
-                student_text = model.response_logits(model.prepare(text_queries))
-                terms["kl_t2t"] = self._kl(student_text, teacher)
+                if s.student == "adaptor":  # the LLM is frozen: the student reading text is the teacher, KL = 0
+                    terms["kl_t2t"] = ce.new_zeros(())
+                else:
+                    students["kl_t2t"] = model.response_logits(model.prepare(text_queries))
+            if students:
+                # One teacher pass (or cache lookup) serves both channels: the s2t teacher reads the
+                # transcript, the t2t teacher the text question, and those are the same token sequence.
+                kind, teacher = self._teacher_targets(model, queries, text_queries)
+                if kind == "full":
+                    for st in students.values():
+                        self._check_aligned(st, teacher.targets, teacher.rows)
+                    values = fused_divergences([st.logits for st in students.values()], teacher.logits, s.kl,
+                                               s.temperature, s.t2_scale)
+                else:
+                    ids, logp, targets = teacher
+                    for st in students.values():
+                        self._check_aligned(st, targets)
+                    values = [top_k_divergence(st.logits, ids, logp, s.kl, s.temperature, s.t2_scale)
+                              for st in students.values()]
+                terms.update(zip(students, values))
+        terms = {t: terms[t] for t in TERMS if t in terms}
         return LossTerms(terms, weights={k: w[k] for k in terms}, n_tokens=r.n,
                          input_tokens=int(batch.attention_mask.sum()), per_task=task_losses(r, queries, ce))
