@@ -284,3 +284,37 @@ def test_strategy_distill_trains_with_every_student(student, extra, tiny_llm_dir
         assert all(float(r["term_kl_t2t"]) == 0.0 for r in rows)
     if extra:
         assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_one_forward_for_both_student_passes_is_the_same_loss(merge, tiny_speech_llm_factory, tiny_llm_dir,
+                                                              tiny_whisper_dir, tmp_path, monkeypatch):
+    """The student's speech and text passes as one 2B-row forward give the values and gradients of two
+    forwards, and the LoRA student's kl_t2t is still exactly 0 at step 0 (the teacher uses the same layout)."""
+    import speechkeep.strategies.distill as d
+
+    model, strategy, opt = _setup(tiny_speech_llm_factory, tiny_llm_dir, tiny_whisper_dir, tmp_path, "lora")
+    queries = _queries(ROWS[:4])
+    text = [d.as_text_query(q) for q in queries]
+
+    def loss_and_grads(slack):
+        monkeypatch.setattr(d, "_MERGE_SLACK", slack)
+        _, _, _, layout = strategy.student_passes(model, queries, text)
+        assert (layout is not None) == (slack > 0)
+        terms = strategy.loss(model, queries)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        grads = torch.autograd.grad(terms.total(), params, allow_unused=True)
+        return {k: v.detach() for k, v in terms.terms.items()}, grads
+
+    slack = 10.0 if merge else -1.0
+    first, _ = loss_and_grads(slack)
+    assert float(first["kl_t2t"]) == 0.0
+    _step(model, strategy, opt, queries)
+    a, ga = loss_and_grads(slack)
+    b, gb = loss_and_grads(-1.0 if merge else 10.0)
+    assert float(a["kl_t2t"]) > 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    for x, y in zip(ga, gb):
+        if x is not None or y is not None:
+            torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-6)

@@ -310,6 +310,51 @@ class TeacherCache:
         return self._ids[0][rows], self._logp[0][rows], self._targets[0][rows]
 
 
+# The student's speech and text passes run as one forward (2B rows) when right-padding both to the
+# longer one adds at most this fraction of positions (one pass over the layers instead of two).
+_MERGE_SLACK = 0.15
+
+
+def pad_batch(batch, length: int):
+    """A prepared (right-padded) batch padded on the right to ``length`` positions."""
+    from speechkeep.models.speech_llm import IGNORE_INDEX
+
+    extra = length - batch.inputs_embeds.shape[1]
+    if extra <= 0:
+        return batch
+    return replace(batch, inputs_embeds=F.pad(batch.inputs_embeds, (0, 0, 0, extra)),
+                   attention_mask=F.pad(batch.attention_mask, (0, extra)),
+                   position_ids=F.pad(batch.position_ids, (0, extra)),
+                   labels=None if batch.labels is None else F.pad(batch.labels, (0, extra), value=IGNORE_INDEX))
+
+
+def merge_batches(a, b):
+    """Two prepared batches as one (rows of ``a`` then rows of ``b``, right-padded to the longer); the shared
+    prompt prefix is the part both batches share."""
+    from speechkeep.models.speech_llm import Batch
+
+    n = max(a.inputs_embeds.shape[1], b.inputs_embeds.shape[1])
+    a, b = pad_batch(a, n), pad_batch(b, n)
+    p = min(a.shared_prefix, b.shared_prefix)
+    if p:
+        same = (a.inputs_embeds[0, :p] == b.inputs_embeds[0, :p]).all(-1) & (a.position_ids[0, :p] == b.position_ids[0, :p])
+        bad = (~same).nonzero()
+        p = int(bad[0]) if bad.numel() else p
+    labels = None if a.labels is None or b.labels is None else torch.cat([a.labels, b.labels])
+    return Batch(torch.cat([a.inputs_embeds, b.inputs_embeds]), torch.cat([a.attention_mask, b.attention_mask]),
+                 torch.cat([a.position_ids, b.position_ids]), labels, a.num_speech_tokens + b.num_speech_tokens, p,
+                 transcripts=a.transcripts + b.transcripts, tasks=a.tasks + b.tasks)
+
+
+def split_response_logits(r, n_rows: int):
+    """The response logits of rows < ``n_rows`` and of the others (renumbered from 0)."""
+    from speechkeep.models.speech_llm import ResponseLogits
+
+    k = int((r.rows < n_rows).sum())
+    return (ResponseLogits(r.logits[:k], r.targets[:k], r.rows[:k]),
+            ResponseLogits(r.logits[k:], r.targets[k:], r.rows[k:] - n_rows))
+
+
 @register
 class Distill(Strategy):
     name = "distill"
@@ -362,13 +407,22 @@ class Distill(Strategy):
         return {t: float(self.settings.weights.get(t, 0.0)) for t in TERMS}
 
     @torch.no_grad()
-    def teacher_response_logits(self, model, text_queries):
-        """The pristine LLM's logits at the response positions of the text queries."""
+    def teacher_response_logits(self, model, text_queries, layout: tuple[int, int] | None = None):
+        """The pristine LLM's logits at the response positions of the text queries. ``layout`` = (length,
+        shared prefix): lay the batch out as the student's text rows were (same padding, same prefix), so
+        that a student equal to the teacher gives bit-identical logits."""
         self.teacher_calls += 1
+
+        def run():
+            batch = model.prepare(text_queries)
+            if layout is not None:
+                batch = replace(pad_batch(batch, layout[0]), shared_prefix=layout[1])
+            return model.response_logits(batch)
+
         if self._teacher_llm is not None:  # full student: the frozen copy, through the same splicing
             student_llm, model.llm = model.llm, self._teacher_llm
             try:
-                return model.response_logits(model.prepare(text_queries))
+                return run()
             finally:
                 model.llm = student_llm
         disable = getattr(model.llm, "disable_adapter", None)
@@ -377,8 +431,8 @@ class Distill(Strategy):
         try:
             if self.settings.student == "lora" and disable is not None:
                 with disable():
-                    return model.response_logits(model.prepare(text_queries))
-            return model.response_logits(model.prepare(text_queries))
+                    return run()
+            return run()
         finally:
             model.llm.train(was_training)
 
@@ -435,17 +489,17 @@ class Distill(Strategy):
                  path, len(items), cache.nbytes() / 1e6, time.perf_counter() - t0)
         self.cache = cache
 
-    def _teacher_targets(self, model, queries, text_queries):
+    def _teacher_targets(self, model, text_queries, layout=None):
         """The teacher's side of the KL terms for these queries: ("full", ResponseLogits) without a cache,
-        ("top_k", (ids, logp, targets, rows)) with one (from the cache, or computed when an item is not in it)."""
+        ("top_k", (ids, logp, targets)) with one (from the cache, or computed when an item is not in it)."""
         k = self.settings.cache_top_k
         if k <= 0:
-            return "full", self.teacher_response_logits(model, text_queries)
+            return "full", self.teacher_response_logits(model, text_queries, layout)
         got = self.cache.lookup([self.item_key(model, q) for q in text_queries]) if self.cache is not None else None
         if got is not None:
             ids, logp, targets = got
             return "top_k", (ids, logp, targets.long())
-        t = self.teacher_response_logits(model, text_queries)
+        t = self.teacher_response_logits(model, text_queries, layout)
         ids, logp = teacher_top_k(t.logits, k, self.settings.temperature)
         return "top_k", (ids, logp, t.targets)
 
@@ -464,38 +518,53 @@ class Distill(Strategy):
         s = self.settings
         return fused_divergences([student.logits], teacher.logits, s.kl, s.temperature, s.t2_scale)[0]
 
+    def student_passes(self, model, queries, text_queries):
+        """The student's response logits on the spoken queries and, when given, on the text queries: one
+        forward over both when their lengths are close (see ``_MERGE_SLACK``), else two. Returns (speech,
+        text or None, speech batch, the text rows' layout (length, shared prefix) or None)."""
+        sb = model.prepare(queries)
+        if text_queries is None:
+            return model.response_logits(sb), None, sb, None
+        tb = model.prepare(text_queries)
+        ls, lt = sb.inputs_embeds.shape[1], tb.inputs_embeds.shape[1]
+        if 2 * max(ls, lt) <= (1 + _MERGE_SLACK) * (ls + lt):
+            mb = merge_batches(sb, tb)
+            r, st = split_response_logits(model.response_logits(mb), len(queries))
+            return r, st, sb, (mb.inputs_embeds.shape[1], mb.shared_prefix)
+        return model.response_logits(sb), model.response_logits(tb), sb, None
+
     def loss(self, model, queries):
         s, w = self.settings, self._weights()
-        batch = model.prepare(queries)
-        r = model.response_logits(batch)
+        need_kl = w["kl_t2t"] > 0 or w["kl_s2t"] > 0
+        text_queries = [as_text_query(q) for q in queries] if need_kl else None
+        # the LLM is frozen with an adaptor student: its text pass would be the teacher's (kl_t2t exactly 0)
+        text_pass = w["kl_t2t"] > 0 and s.student != "adaptor"
+        r, student_text, batch, layout = self.student_passes(model, queries, text_queries if text_pass else None)
         ce = r.cross_entropy()
         terms = {"ce": ce}
-        if w["kl_t2t"] > 0 or w["kl_s2t"] > 0:
-            text_queries = [as_text_query(q) for q in queries]
-            students: dict[str, object] = {}
-            if w["kl_s2t"] > 0:
-                students["kl_s2t"] = r
-            if w["kl_t2t"] > 0:
-                if s.student == "adaptor":  # the LLM is frozen: the student reading text is the teacher, KL = 0
-                    terms["kl_t2t"] = ce.new_zeros(())
-                else:
-                    students["kl_t2t"] = model.response_logits(model.prepare(text_queries))
-            if students:
-                # One teacher pass (or cache lookup) serves both channels: the s2t teacher reads the
-                # transcript, the t2t teacher the text question, and those are the same token sequence.
-                kind, teacher = self._teacher_targets(model, queries, text_queries)
-                if kind == "full":
-                    for st in students.values():
-                        self._check_aligned(st, teacher.targets, teacher.rows)
-                    values = fused_divergences([st.logits for st in students.values()], teacher.logits, s.kl,
-                                               s.temperature, s.t2_scale)
-                else:
-                    ids, logp, targets = teacher
-                    for st in students.values():
-                        self._check_aligned(st, targets)
-                    values = [top_k_divergence(st.logits, ids, logp, s.kl, s.temperature, s.t2_scale)
-                              for st in students.values()]
-                terms.update(zip(students, values))
+        if w["kl_t2t"] > 0 and not text_pass:
+            terms["kl_t2t"] = ce.new_zeros(())
+        students = {}
+        if w["kl_s2t"] > 0:
+            students["kl_s2t"] = r
+        if student_text is not None:
+            students["kl_t2t"] = student_text
+        if students:
+            # One teacher pass (or cache lookup) serves both channels: the s2t teacher reads the
+            # transcript, the t2t teacher the text question, and those are the same token sequence.
+            kind, teacher = self._teacher_targets(model, text_queries, layout)
+            if kind == "full":
+                for st in students.values():
+                    self._check_aligned(st, teacher.targets, teacher.rows)
+                values = fused_divergences([st.logits for st in students.values()], teacher.logits, s.kl,
+                                           s.temperature, s.t2_scale)
+            else:
+                ids, logp, targets = teacher
+                for st in students.values():
+                    self._check_aligned(st, targets)
+                values = [top_k_divergence(st.logits, ids, logp, s.kl, s.temperature, s.t2_scale)
+                          for st in students.values()]
+            terms.update(zip(students, values))
         terms = {t: terms[t] for t in TERMS if t in terms}
         return LossTerms(terms, weights={k: w[k] for k in terms}, n_tokens=r.n,
                          input_tokens=int(batch.attention_mask.sum()), per_task=task_losses(r, queries, ce))

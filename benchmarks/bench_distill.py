@@ -1,0 +1,116 @@
+"""Step time of ``distill`` against ``lora`` on the same batches (issue 14).
+
+Bundled SmolLM2-135M + Whisper tiny.en, starting from the shipped aligned front-end (``init_from=auto``,
+like ``speechkeep train``), the demo's training set, batch 8, cached encoder features. Every variant
+trains a fresh copy of the same model on the same batches: ``warmup`` steps, then ``steps`` timed
+optimizer steps (prepare + loss + backward + AdamW). Variants:
+
+- ``lora``: the baseline (LoRA r=8, CE only);
+- ``distill``: LoRA student, CE + kl_t2t + kl_s2t, no teacher cache;
+- ``distill_cache``: the same with the teacher top-k cache (``distill.cache_top_k``; its one-time build
+  over the benchmark's items is timed separately);
+- ``distill_t2t``: LoRA student, CE + kl_t2t only, no cache;
+- ``distill_s2t_cache``: LoRA student, CE + kl_s2t only, with the cache (no second student pass);
+- ``lora_again``: the baseline once more at the end (drift of the machine during the run).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_distill.py --data runs/demo/data/train/manifest.jsonl --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+
+import torch
+
+VARIANTS = {
+    "lora": ["strategy=lora"],
+    "distill": ["strategy=distill"],
+    "distill_cache": ["strategy=distill", "distill.cache_top_k={k}"],
+    "distill_t2t": ["strategy=distill", "distill.weights={{ce: 1, kl_t2t: 1, kl_s2t: 0}}"],
+    "distill_s2t_cache": ["strategy=distill", "distill.weights={{ce: 1, kl_t2t: 0, kl_s2t: 1}}", "distill.cache_top_k={k}"],
+    "lora_again": ["strategy=lora"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="a spoken training manifest with teacher responses (speechkeep data build)")
+    ap.add_argument("--steps", type=int, default=3, help="timed optimizer steps per variant")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before the timed ones")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--top-k", type=int, default=64, help="distill.cache_top_k of the cached variants")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = ap.parse_args()
+
+    from transformers.utils import logging as hf_logging
+
+    from speechkeep.config import load_config
+    from speechkeep.data.manifest import read_manifest
+    from speechkeep.strategies import get_strategy
+    from speechkeep.train.config import TrainConfig
+    from speechkeep.train.data import BatchStream, examples_from_rows, to_queries
+    from speechkeep.train.loop import _feature_fn, build_model, make_optimizer
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.set_flush_denormal(True)  # as the training loop does on CPU
+    common = [f"data.train={args.data}", f"data.batch_size={args.batch_size}", "lora.r=8", "lora.dropout=0",
+              "optim.lr=1e-3", "optim.adaptor_lr=1e-4", "seed=0"]
+    base_cfg = load_config(TrainConfig, None, common + ["strategy=lora"])
+    base = build_model(base_cfg)  # the shipped aligned front-end, as `speechkeep train` starts
+    rows = read_manifest(args.data)
+    per_task = examples_from_rows(rows, base_cfg.data.tasks)
+    stream = BatchStream(per_task, base_cfg.data.tasks, args.batch_size, 0, True)
+    n = args.warmup + args.steps
+    batches = [next(stream) for _ in range(n)]
+    features = _feature_fn(base_cfg, base)
+    queries = [to_queries(b, features, base_cfg.data.asr_instruction) for b in batches]
+    items = {"qa": [e for b in batches for e in b]}
+    tokens = [sum(len(base.chat.response_ids(q.response)) for q in qs) for qs in queries]
+    print(f"torch threads {torch.get_num_threads()}, {n} batches of {args.batch_size} ({args.warmup} warm-up), "
+          f"{statistics.mean(tokens):.0f} response tokens per batch, encode_mode {base.config.encode_mode}", flush=True)
+
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_distill_") as tmp:
+        for name in args.variants:
+            over = [o.format(k=args.top_k) for o in VARIANTS[name]] + [f"distill.cache_dir={tmp}/{name}"]
+            cfg = load_config(TrainConfig, None, common + over)
+            model = copy.deepcopy(base)
+            strategy = get_strategy(cfg.strategy, cfg)
+            groups = strategy.setup(model)
+            opt = make_optimizer([{"params": g["params"], "lr": g["lr"]} for g in groups], cfg)
+            model.adaptor.train()
+            model.llm.train() if strategy.llm_changed else model.llm.eval()
+            extra = ""
+            if "cache" in name:
+                t0 = time.perf_counter()
+                strategy.begin(model, items)
+                c = strategy.cache
+                extra = (f"  (cache of {len(c.index)} items built in {time.perf_counter() - t0:.1f} s, "
+                         f"{c.nbytes() / 1e6:.2f} MB, {c.nbytes() / max(c._rows, 1):.0f} B per response token)")
+            times = []
+            calls0 = getattr(strategy, "teacher_calls", 0)
+            for i, qs in enumerate(queries):
+                t0 = time.perf_counter()
+                terms = model(qs, loss_fn=strategy.loss)
+                terms.total().backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if i >= args.warmup:
+                    times.append(time.perf_counter() - t0)
+            if "cache" in name:
+                extra += f"  teacher passes during the steps: {getattr(strategy, 'teacher_calls', 0) - calls0}"
+            results[name] = statistics.mean(times)
+            ref = results.get("lora")
+            ratio = f"{results[name] / ref:5.2f}x lora" if ref else ""
+            print(f"{name:18s} {results[name]:6.2f} s/step  {ratio}  (steps: {' '.join(f'{t:.2f}' for t in times)}){extra}",
+                  flush=True)
+            del model, opt, strategy
+
+
+if __name__ == "__main__":
+    main()
