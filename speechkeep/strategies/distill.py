@@ -17,9 +17,18 @@ Student and teacher sequences differ in length (speech frames vs text tokens), s
 positions are matched by order: :meth:`SpeechLLM.response_logits` lists the positions that predict a
 response token row by row, and the targets of both sides must be identical token for token (checked).
 
-Status: the strategy, its loss and its tests are here; the measured comparison against ``lora`` and
-``full`` on the 1,205 clean held-out questions, the teacher top-k cache and the step-time benchmark are
-still to come (issue 14).
+Cost of a step (see ``benchmarks/bench_distill.py``): one teacher pass (or none, with the top-k cache)
+serves both channels, since the s2t teacher reads the transcript and the t2t teacher the text question,
+the same token sequence; the student's speech and text passes run as one forward when their lengths are
+close, the teacher then in the same layout (so a LoRA student with B = 0 still gives kl_t2t exactly 0);
+the KL terms are computed chunk by chunk with analytic gradients (:func:`fused_divergences`); with an
+adaptor student the text pass is skipped (the frozen LLM reading text is the teacher: kl_t2t = 0).
+
+Teacher cache (``distill.cache_top_k`` = k > 0): :meth:`Distill.begin` computes, once per teacher, training
+set, temperature and k, the teacher's top-k log-probabilities per response token (the remaining mass as
+one more bucket) into one file (atomic writes, a partial file every minute is continued by the next run);
+the KL terms are then computed over those k + 1 buckets (:func:`top_k_divergence`; equal to the full KL
+when k is the vocabulary) and no training step runs the teacher.
 """
 
 from __future__ import annotations
