@@ -318,3 +318,22 @@ def test_one_forward_for_both_student_passes_is_the_same_loss(merge, tiny_speech
     for x, y in zip(ga, gb):
         if x is not None or y is not None:
             torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["forward", "reverse", "jsd"])
+@pytest.mark.parametrize("k", [3, 11])
+def test_fused_top_k_divergences_equal_the_reference(kind, k, monkeypatch):
+    import speechkeep.strategies.distill as d
+
+    monkeypatch.setattr(d, "_CHUNK_FLOATS", 4 * 11)
+    g = torch.Generator().manual_seed(2)
+    ids, logp = d.teacher_top_k(torch.randn(10, 11, generator=g) * 3, k, 2.0)
+    students = [torch.randn(10, 11, generator=g, requires_grad=True) for _ in range(2)]
+    ref = [d.top_k_divergence(s, ids, logp, kind, 2.0, True) for s in students]
+    ref_grads = torch.autograd.grad(ref[0] * 0.6 + ref[1] * 1.5, students)
+    got = d.fused_top_k_divergences(students, ids, logp, kind, 2.0, True)
+    grads = torch.autograd.grad(got[0] * 0.6 + got[1] * 1.5, students)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
