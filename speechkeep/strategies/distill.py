@@ -101,7 +101,7 @@ def distill_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 
 # Rows of (N, vocab) logits processed at once by the fused divergence on CPU: a few MB per buffer, so
 # the intermediates stay in cache (one pass over RAM per input and per gradient).
-_CHUNK_FLOATS = 1 << 19
+_CHUNK_FLOATS = 1 << 18
 
 
 def _chunk_divergence(log_s: torch.Tensor, log_t: torch.Tensor, kind: str, temperature: float):
