@@ -10,8 +10,11 @@ optimizer steps (prepare + loss + backward + AdamW). Variants:
 - ``distill_cache``: the same with the teacher top-k cache (``distill.cache_top_k``; its one-time build
   over the benchmark's items is timed separately);
 - ``distill_t2t``: LoRA student, CE + kl_t2t only, no cache;
-- ``distill_s2t_cache``: LoRA student, CE + kl_s2t only, with the cache (no second student pass);
-- ``lora_again``: the baseline once more at the end (drift of the machine during the run).
+- ``distill_s2t_cache``: LoRA student, CE + kl_s2t only, with the cache (no second student pass).
+
+The variants take turns step by step (round-robin, every model in memory), so a machine that speeds
+up or slows down during the run (a shared one) affects them alike; each ratio is the mean over the
+timed rounds of the variant's step time divided by ``lora``'s in the same round.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_distill.py --data runs/demo/data/train/manifest.jsonl --steps 3
 """
@@ -32,7 +35,6 @@ VARIANTS = {
     "distill_cache": ["strategy=distill", "distill.cache_top_k={k}"],
     "distill_t2t": ["strategy=distill", "distill.weights={{ce: 1, kl_t2t: 1, kl_s2t: 0}}"],
     "distill_s2t_cache": ["strategy=distill", "distill.weights={{ce: 1, kl_t2t: 0, kl_s2t: 1}}", "distill.cache_top_k={k}"],
-    "lora_again": ["strategy=lora"],
 }
 
 
@@ -74,7 +76,7 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}, {n} batches of {args.batch_size} ({args.warmup} warm-up), "
           f"{statistics.mean(tokens):.0f} response tokens per batch, encode_mode {base.config.encode_mode}", flush=True)
 
-    results: dict[str, float] = {}
+    runs = {}
     with tempfile.TemporaryDirectory(prefix="bench_distill_") as tmp:
         for name in args.variants:
             over = [o.format(k=args.top_k) for o in VARIANTS[name]] + [f"distill.cache_dir={tmp}/{name}"]
@@ -85,31 +87,41 @@ def main() -> None:
             opt = make_optimizer([{"params": g["params"], "lr": g["lr"]} for g in groups], cfg)
             model.adaptor.train()
             model.llm.train() if strategy.llm_changed else model.llm.eval()
-            extra = ""
+            note = ""
             if "cache" in name:
                 t0 = time.perf_counter()
                 strategy.begin(model, items)
                 c = strategy.cache
-                extra = (f"  (cache of {len(c.index)} items built in {time.perf_counter() - t0:.1f} s, "
-                         f"{c.nbytes() / 1e6:.2f} MB, {c.nbytes() / max(c._rows, 1):.0f} B per response token)")
-            times = []
-            calls0 = getattr(strategy, "teacher_calls", 0)
-            for i, qs in enumerate(queries):
+                note = (f"cache of {len(c.index)} items built in {time.perf_counter() - t0:.1f} s, "
+                        f"{c.nbytes() / 1e6:.2f} MB, {c.nbytes() / max(c._rows, 1):.0f} B per response token; ")
+            runs[name] = {"model": model, "strategy": strategy, "opt": opt, "times": [], "note": note,
+                          "calls0": getattr(strategy, "teacher_calls", 0), "first": None}
+
+        for i, qs in enumerate(queries):  # round-robin: every variant on batch i, then batch i + 1
+            for name, v in runs.items():
                 t0 = time.perf_counter()
-                terms = model(qs, loss_fn=strategy.loss)
+                terms = v["model"](qs, loss_fn=v["strategy"].loss)
                 terms.total().backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                v["opt"].step()
+                v["opt"].zero_grad(set_to_none=True)
+                dt = time.perf_counter() - t0
+                if i == 0:
+                    v["first"] = {k: float(t.detach()) for k, t in terms.terms.items()}
                 if i >= args.warmup:
-                    times.append(time.perf_counter() - t0)
-            if "cache" in name:
-                extra += f"  teacher passes during the steps: {getattr(strategy, 'teacher_calls', 0) - calls0}"
-            results[name] = statistics.mean(times)
-            ref = results.get("lora")
-            ratio = f"{results[name] / ref:5.2f}x lora" if ref else ""
-            print(f"{name:18s} {results[name]:6.2f} s/step  {ratio}  (steps: {' '.join(f'{t:.2f}' for t in times)}){extra}",
-                  flush=True)
-            del model, opt, strategy
+                    v["times"].append(dt)
+
+    ref = runs.get("lora")
+    for name, v in runs.items():
+        mean = statistics.mean(v["times"])
+        ratio = ""
+        if ref is not None:
+            ratio = f"{statistics.mean(a / b for a, b in zip(v['times'], ref['times'])):5.2f}x lora"
+        note = v["note"]
+        if "distill" in name:
+            note += f"teacher passes in the steps: {getattr(v['strategy'], 'teacher_calls', 0) - v['calls0']}; "
+            note += "step-1 terms " + " ".join(f"{k}={x:.4f}" for k, x in v["first"].items())
+        print(f"{name:18s} {mean:6.2f} s/step  {ratio}  (steps: {' '.join(f'{t:.2f}' for t in v['times'])})"
+              + (f"  [{note.rstrip('; ')}]" if note else ""), flush=True)
 
 
 if __name__ == "__main__":
