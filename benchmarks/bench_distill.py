@@ -17,6 +17,9 @@ up or slows down during the run (a shared one) affects them alike; each ratio is
 timed rounds of the variant's step time divided by ``lora``'s in the same round.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_distill.py --data runs/demo/data/train/manifest.jsonl --steps 3
+
+``--kl`` times only the KL terms (two students, one teacher, forward + backward) on random logits of the
+benchmark's size: the fused, chunked implementation against plain autograd, with and without the top-k cache.
 """
 
 from __future__ import annotations
@@ -40,13 +43,18 @@ VARIANTS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="a spoken training manifest with teacher responses (speechkeep data build)")
+    ap.add_argument("--data", help="a spoken training manifest with teacher responses (speechkeep data build)")
     ap.add_argument("--steps", type=int, default=3, help="timed optimizer steps per variant")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before the timed ones")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--top-k", type=int, default=64, help="distill.cache_top_k of the cached variants")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--kl", action="store_true", help="time only the KL terms on random logits (no model, no data)")
     args = ap.parse_args()
+    if args.kl:
+        return bench_kl(args.top_k)
+    if not args.data:
+        ap.error("--data is required (or --kl)")
 
     from transformers.utils import logging as hf_logging
 
@@ -122,6 +130,32 @@ def main() -> None:
             note += "step-1 terms " + " ".join(f"{k}={x:.4f}" for k, x in v["first"].items())
         print(f"{name:18s} {mean:6.2f} s/step  {ratio}  (steps: {' '.join(f'{t:.2f}' for t in v['times'])})"
               + (f"  [{note.rstrip('; ')}]" if note else ""), flush=True)
+
+
+def bench_kl(k: int, n: int = 230, vocab: int = 49152, repeat: int = 3) -> None:
+    import speechkeep.strategies.distill as d
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(n, vocab, generator=g) * 3
+    students = [torch.randn(n, vocab, generator=g, requires_grad=True) for _ in range(2)]
+    ids, logp = d.teacher_top_k(teacher, k, 2.0)
+    cases = {
+        "plain autograd, full vocabulary": lambda: [d.distill_divergence(s, teacher, "forward", 2.0) for s in students],
+        "fused, full vocabulary": lambda: d.fused_divergences(students, teacher, "forward", 2.0),
+        f"plain autograd, top-{k} cache": lambda: [d.top_k_divergence(s, ids, logp, "forward", 2.0) for s in students],
+        f"fused, top-{k} cache": lambda: d.fused_top_k_divergences(students, ids, logp, "forward", 2.0),
+    }
+    print(f"torch threads {torch.get_num_threads()}; two students' and one teacher's {n} x {vocab} logits, "
+          f"forward KL at T=2, forward + backward, best of {repeat}")
+    for name, f in cases.items():
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            sum(f()).backward()
+            best = min(best, time.perf_counter() - t0)
+            for s in students:
+                s.grad = None
+        print(f"{name:34s} {best:6.3f} s", flush=True)
 
 
 if __name__ == "__main__":
