@@ -11,6 +11,7 @@ A strategy is one module that owns everything about it (see the README's "Adding
   <speechkeep.models.speech_llm.SpeechLLM.apply_transform>` so a saved model re-applies them on load;
 - :meth:`Strategy.frozen_modules`: modules the loss uses but never trains (a teacher): the engine puts
   them on the accelerator's device after ``accelerator.prepare`` and keeps them in eval mode;
+- :meth:`Strategy.begin`: work before the first step that needs the training set (a teacher cache);
 - :meth:`Strategy.loss`: the named loss terms (``ce``, ``kl_t2t``, ...) and their weights; the engine
   sums them and logs every term and every task's loss;
 - :meth:`Strategy.export`: what the final save holds (e.g. LoRA merged or not).
@@ -168,6 +169,11 @@ class Strategy:
         """Modules the loss uses but never trains (e.g. a teacher LLM), created in :meth:`setup`: the
         engine moves them to the accelerator's device after ``accelerator.prepare``, in eval mode."""
         return {}
+
+    def begin(self, model: "SpeechLLM", examples: dict[str, list]) -> None:
+        """Called once before the first step, with the model on its device and the training examples (task ->
+        list of :class:`~speechkeep.train.data.Example`): e.g. to precompute a teacher cache. The engine calls
+        it on the main process first, then on the others."""
 
     def loss(self, model: "SpeechLLM", queries: Sequence["Query"]) -> LossTerms:
         """The named loss terms of one micro-batch (default: ``ce``, the token-mean cross-entropy of the

@@ -235,6 +235,10 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
         m.to(acc.device)
         m.eval()
         m.requires_grad_(False)
+    for turn in (True, False):  # the main process first (it may write a cache the others then read)
+        if acc.is_main_process == turn:
+            strategy.begin(raw, per_task)
+        acc.wait_for_everyone()
 
     tasks = sorted(cfg.data.tasks)
     terms = list(strategy.terms)
