@@ -303,7 +303,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         # e.g. AlignConfig.ctc.model's CTC adaptor), not the nested class's plain defaults.
         default = _field_default(fields[k])
         if isinstance(v, dict) and dataclasses.is_dataclass(default):
-            v = _deep_merge(config_to_dict(default), v)
+            v = _merge_into(default, v)
         kwargs[k] = _coerce(v, hints[k], prefix + k)
     try:
         obj = cls(**kwargs)
@@ -312,6 +312,19 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
     return obj
+
+
+def _merge_into(default: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """``default`` (a config instance) as a dict, updated by ``data``: nested configs merge key by key,
+    every other value (a mapping such as ``data.tasks`` included) is replaced as a whole."""
+    out = config_to_dict(default)
+    for k, v in data.items():
+        try:
+            sub = getattr(default, k)
+        except AttributeError:
+            sub = None
+        out[k] = _merge_into(sub, v) if isinstance(v, dict) and dataclasses.is_dataclass(sub) else v
+    return out
 
 
 def _field_default(f: dataclasses.Field) -> Any:

@@ -174,11 +174,12 @@ def _run_align(cfg: AlignConfig, progress: bool = True) -> dict:
 
 
 def wer_curve(metrics_csv: str | Path) -> list[dict]:
-    """[{step, minutes, eval_wer}] of the evaluations logged in a CTC run's metrics.csv."""
+    """[{step, minutes, eval_wer}] of the evaluations logged in a CTC run's metrics.csv (the training
+    engine's columns elapsed_s / eval_wer; runs before the engine wrote train_seconds)."""
     import csv
 
     with open(metrics_csv, newline="") as f:
-        return [{"step": int(r["step"]), "minutes": round(float(r["train_seconds"]) / 60, 1),
+        return [{"step": int(r["step"]), "minutes": round(float(r.get("elapsed_s") or r.get("train_seconds")) / 60, 1),
                  "eval_wer": float(r["eval_wer"])} for r in csv.DictReader(f) if r.get("eval_wer")]
 
 
