@@ -92,13 +92,14 @@ def cmd_models(args) -> None:
 # ---------------------------------------------------------------- build / ask
 def cmd_build(args) -> None:
     from speechkeep.config import load_config
-    from speechkeep.models.speech_llm import SpeechLLM, SpeechLLMConfig
+    from speechkeep.models.builder import build_speech_llm
+    from speechkeep.models.speech_llm import SpeechLLMConfig
 
     cfg_path, ov = _split_config_args(args, overwrite_key=False)
     cfg = load_config(SpeechLLMConfig, cfg_path, ov)
 
     def run() -> None:
-        model = SpeechLLM.build(cfg, seed=args.seed)
+        model, _ = build_speech_llm(cfg, seed=args.seed)
         n_adaptor = sum(p.numel() for p in model.adaptor.parameters())
         n_llm = sum(p.numel() for p in model.llm.parameters())
         n_enc = sum(p.numel() for p in model.encoder.parameters())

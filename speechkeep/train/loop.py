@@ -56,21 +56,22 @@ def resolve_init(cfg: TrainConfig) -> str | None:
 
 
 def build_model(cfg: TrainConfig) -> SpeechLLM:
-    from speechkeep.models.persistence import load_speech_llm
-
-    init = resolve_init(cfg)
-    if init is None:
-        return SpeechLLM.build(cfg.model, seed=cfg.seed)
+    """The run's starting model (see ``TrainConfig.init_from``), through the one builder."""
+    from speechkeep.models.builder import build_speech_llm
     from speechkeep.models.speech_llm import SpeechLLMConfig
 
-    fresh = SpeechLLMConfig(llm=cfg.model.llm, speech_encoder=cfg.model.speech_encoder)
-    if cfg.model != fresh:
-        log.warning("starting from %s: its own adaptor, encode_mode and system prompt are used and the model.* settings "
-                    "other than llm/speech_encoder are ignored; set init_from=none to build a fresh adaptor", init)
-    model, trained = load_speech_llm(init)
-    if not trained:
-        raise ConfigError(f"init_from={cfg.init_from!r} is not a saved SpeechLLM (no trained adaptor to start from)")
-    log.info("starting from %s", init)
+    init = resolve_init(cfg)
+    if init is not None:
+        fresh = SpeechLLMConfig(llm=cfg.model.llm, speech_encoder=cfg.model.speech_encoder)
+        if cfg.model != fresh:
+            log.warning("starting from %s: its own adaptor, encode_mode and system prompt are used and the model.* "
+                        "settings other than llm/speech_encoder are ignored; set init_from=none to build a fresh "
+                        "adaptor", init)
+    model, trained = build_speech_llm(cfg.model, init_from=init, seed=cfg.seed)
+    if init is not None:
+        if not trained:
+            raise ConfigError(f"init_from={cfg.init_from!r} is not a saved SpeechLLM (no trained adaptor to start from)")
+        log.info("starting from %s", init)
     return model
 
 
