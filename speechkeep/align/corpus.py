@@ -124,7 +124,8 @@ def build_align_corpus(cfg: AlignCorpusConfig, progress: bool = True) -> Path:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    sources = [resolve_questions_path(s) for s in corpus_sources(cfg.sources)]
+    names = corpus_sources(cfg.sources)
+    sources = [resolve_questions_path(s) for s in names]
     for s in sources:
         if not s.is_file():
             raise DataError(f"alignment corpus source {s} does not exist")
