@@ -299,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        # key=value overrides after an option (`build --out DIR adaptor.stack_frames=8`) are overrides too
-        if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        # key=value overrides after an option (`build --out DIR adaptor.stack_frames=8`) are overrides too, and so
+        # are the bare arguments of a command that takes them (`importance-compare RUN --out DIR RUN`)
+        bare_ok = bool(getattr(args, "_config_positional", None))
+        if hasattr(args, "overrides") and all(("=" in a or bare_ok) and not a.startswith("-") for a in extra):
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

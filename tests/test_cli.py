@@ -181,3 +181,14 @@ def test_every_job_commands_old_flags_equal_their_key_value_form(cmd, tmp_path):
     (tmp_path / "c.yaml").write_text("\n".join(k.replace("=", ": ", 1) for k in pairs[0][1]) + "\n")
     c, path = config_from_args(parser.parse_args([*cmd.split(), str(tmp_path / "c.yaml")]))
     assert path == str(tmp_path / "c.yaml") and c == a
+
+
+def test_bare_arguments_after_an_option_are_still_runs(monkeypatch):
+    import speechkeep.importance.cli as icli
+    from speechkeep.config import config_from_args
+
+    seen = []
+    monkeypatch.setattr(icli, "cmd_compare", lambda args: seen.append(config_from_args(args)[0]))
+    assert main(["importance-compare", "r1", "--out", "o", "r2", "labels=[A, B]", "--absolute"]) == 0
+    assert seen[0].runs == ["r1", "r2"] and seen[0].labels == ["A", "B"] and seen[0].out == "o" and seen[0].absolute
+    assert main(["eval", "--out", "o", "stray"]) == 2  # a command without bare arguments still refuses them
