@@ -303,7 +303,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         # e.g. AlignConfig.ctc.model's CTC adaptor), not the nested class's plain defaults.
         default = _field_default(fields[k])
         if isinstance(v, dict) and dataclasses.is_dataclass(default):
-            v = _deep_merge(config_to_dict(default), v)
+            v = _merge_into(default, v)
         kwargs[k] = _coerce(v, hints[k], prefix + k)
     try:
         obj = cls(**kwargs)
@@ -312,6 +312,19 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
     return obj
+
+
+def _merge_into(default: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """``default`` (a config instance) as a dict, updated by ``data``: nested configs merge key by key,
+    every other value (a mapping such as ``data.tasks`` included) is replaced as a whole."""
+    out = config_to_dict(default)
+    for k, v in data.items():
+        try:
+            sub = getattr(default, k)
+        except AttributeError:
+            sub = None
+        out[k] = _merge_into(sub, v) if isinstance(v, dict) and dataclasses.is_dataclass(sub) else v
+    return out
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -467,3 +480,122 @@ def format_config_help(cls: type) -> str:
         if doc:
             lines.extend("      " + l for l in textwrap.wrap(doc, 90))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# One command-line mechanism for every job command: [CONFIG.yaml] [key=value ...], options from the
+# command's config dataclass, --help generated from it, and the command's historical flags as aliases.
+
+
+_NO_CONST = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """A command-line flag that is an alias of config key ``key`` (``--max-new-tokens 8`` = ``max_new_tokens=8``).
+
+    ``flag``: the option string (default ``--`` + key with dashes); ``const``: the value a flag without an
+    argument sets (e.g. ``--no-progress`` -> progress=false); ``kwargs``: argparse overrides
+    (``nargs``, ``type``, ``metavar``, ...)."""
+
+    key: str
+    flag: str | None = None
+    const: Any = _NO_CONST
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.key.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return "flag__" + self.option.lstrip("-").replace("-", "_")
+
+
+def _flag_kwargs(cls: type, f: Flag) -> dict[str, Any]:
+    """argparse keyword arguments of an alias flag, from the config field's type, range and docstring."""
+    hints = _hints(cls)
+    tp, _ = _unwrap_optional(hints[f.key])
+    origin = typing.get_origin(tp)
+    kw: dict[str, Any] = {"default": None}
+    if f.const is not _NO_CONST:
+        kw.update(action="store_const", const=f.const)
+    elif tp is bool:
+        kw.update(action=argparse.BooleanOptionalAction)
+    elif origin is typing.Literal:
+        kw.update(choices=list(typing.get_args(tp)))
+    elif origin in (list, tuple):
+        kw.update(nargs="+")
+    elif tp in (int, float):
+        kw.update(type=arg_type((cls, f.key)), metavar="N")
+    kw.update(f.kwargs)
+    if "action" not in kw and "metavar" not in kw and "choices" not in kw:
+        kw["metavar"] = f.key.upper()
+    doc = field_docs(cls).get(f.key, "")
+    if f.const is not _NO_CONST:
+        alias = f"the same as {f.key}={str(f.const).lower() if isinstance(f.const, bool) else f.const}"
+    else:
+        alias = f"key {f.key}, default {_field_default_repr(cls, f.key)}"
+    kw["help"] = (f"{doc} ({alias})" if doc else f"({alias})").replace("%", "%%")
+    return kw
+
+
+def _field_default_repr(cls: type, name: str) -> str:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return repr(_field_default(f))
+    raise KeyError(name)
+
+
+def add_config_arguments(p: argparse.ArgumentParser, cls: type, flags: typing.Sequence[Flag | str] = (),
+                         positional: str | None = None) -> None:
+    """Give parser ``p`` the job-command interface of config class ``cls``: an optional YAML file, dotted
+    ``key=value`` overrides, the alias ``flags`` (a :class:`Flag` or a key name), and an epilog listing
+    every key with its real default and docstring. ``positional``: a list key that bare arguments (neither
+    a YAML file nor key=value) fill, e.g. ``importance-compare RUN RUN``."""
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML config file (optional; a key=value here is taken as an override)")
+    p.add_argument("overrides", nargs="*", default=[],
+                   help="dotted key=value overrides of the config keys listed below" +
+                        (f"; bare arguments are {positional}" if positional else ""))
+    seen = {"overwrite"}
+    for spec in flags:
+        f = spec if isinstance(spec, Flag) else Flag(spec)
+        seen.add(f.key)
+        p.add_argument(f.option, dest=f.dest, **_flag_kwargs(cls, f))
+    names = {x.name for x in dataclasses.fields(cls)}
+    if "overwrite" in names:
+        p.add_argument("--overwrite", dest="flag__overwrite", action="store_const", const=True, default=None,
+                       help="write into an output directory that is not empty and not this command's earlier output "
+                            "(the same as overwrite=true)")
+    p.set_defaults(_config_cls=cls, _config_flags=[s if isinstance(s, Flag) else Flag(s) for s in flags]
+                   + ([Flag("overwrite", "--overwrite", True)] if "overwrite" in names else []),
+                   _config_positional=positional)
+    p.epilog = "config keys (set in the YAML file or as key=value):\n" + format_config_help(cls)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def config_from_args(args: argparse.Namespace, cls: type[T] | None = None) -> tuple[T, str | None]:
+    """The command's config from parsed arguments (YAML, then key=value overrides, then alias flags,
+    which win); returns (config, the YAML path or None)."""
+    cls = cls or args._config_cls
+    path, overrides, bare = args.config, list(args.overrides), []
+    if path is not None and not (Path(path).is_file() and Path(path).suffix in (".yaml", ".yml")):
+        if "=" in path and not Path(path).exists():
+            overrides.insert(0, path)
+            path = None
+        elif args._config_positional:
+            bare.append(path)
+            path = None
+    positional = args._config_positional
+    if positional:
+        bare += [o for o in overrides if "=" not in o]
+        overrides = [o for o in overrides if "=" in o]
+    values: dict[str, Any] = {}
+    if bare:
+        values[positional] = bare
+    for f in args._config_flags:
+        v = getattr(args, f.dest, None)
+        if v is not None:
+            values[f.key] = v
+    return load_config(cls, path, overrides, values=values), path

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from speechkeep.align.ctc import _Batches, ctc_feasible, ctc_loss, ctc_vocabulary
+from speechkeep.align.ctc import ctc_feasible, ctc_loss, ctc_vocabulary
 from speechkeep.models.adaptor import AdaptorConfig, FrameStackAdaptor
 
 
@@ -97,15 +97,24 @@ def test_ctc_loss_learns_a_toy_mapping():
 
 
 def test_batches_are_length_grouped_resumable_and_cover_every_item():
+    """The CTC stage's batches are the training engine's (asr task only): length-grouped within a chunk,
+    resumable, each item at most once per epoch and all but a last partial batch covered."""
+    from speechkeep.train.data import BatchStream, Example
+
     lengths = [((i * 37) % 100) + 1 for i in range(100)]
-    b = _Batches(lengths, 8, seed=1)
-    first_epoch = [next(b) for _ in range(13)]
-    assert sorted(i for batch in first_epoch for i in batch) == list(range(100))
+    ex = {"asr": [Example(f"u{i}", "asr", "t", "t", f"u{i}.wav", float(n)) for i, n in enumerate(lengths)]}
+    b = BatchStream(ex, {"asr": 1.0}, 8, seed=1)
+    first_epoch = [next(b) for _ in range(12)]  # 100 // 8 full batches
+    ids = [int(e.id[1:]) for batch in first_epoch for e in batch]
+    assert len(ids) == len(set(ids)) == 96
+    assert all(len(batch) == 8 for batch in first_epoch)
+    # grouped by length: a batch's spread is far below the data's (1..100)
+    assert sum(max(e.length for e in bt) - min(e.length for e in bt) for bt in first_epoch) / 12 < 15
     st = b.state()
     nxt = [next(b) for _ in range(3)]
-    c = _Batches(lengths, 8, seed=1)
+    c = BatchStream(ex, {"asr": 1.0}, 8, seed=1)
     c.load_state(st)
-    assert [next(c) for _ in range(3)] == nxt
+    assert [[e.id for e in bt] for bt in (next(c) for _ in range(3))] == [[e.id for e in bt] for bt in nxt]
 
 
 def test_speech_llm_with_ctc_adaptor_round_trips(tiny_speech_llm_factory, tmp_path, tone):

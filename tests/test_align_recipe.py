@@ -91,3 +91,22 @@ def test_card_names_the_models_it_was_made_of():
     assert "smollm2" not in low and "tiny.en" not in low and "bundled:" not in low
     card = render_card(shipped, n_params=1000)
     assert "`bundled:smollm2-135m+whisper-tiny.en`" in card and "SmolLM2-135M-Instruct does not copy text" in card
+
+
+def test_card_names_the_questions_and_encoder_it_was_made_of():
+    """The card said 'WebQuestions trainmodel + val' and 'Whisper frames' whatever the corpus and encoder were."""
+    import copy
+
+    from speechkeep.align.recipe import render_card
+    from speechkeep.models.bundled import CHECKPOINTS_DIR
+
+    shipped = json.loads((CHECKPOINTS_DIR / "smollm2-135m+whisper-tiny.en" / "report.json").read_text())
+    own = copy.deepcopy(shipped)
+    own["corpus"]["config"]["sources"] = ["/data/my_questions.jsonl"]
+    own["corpus"]["config"]["include_answers"] = False
+    own["ctc"]["config"]["model"]["speech_encoder"] = "/models/my-encoder"
+    card = render_card(own, n_params=1000)
+    assert "`my_questions.jsonl`" in card and "trainmodel" not in card and "reference answers" not in card
+    assert "stacked /models/my-encoder frames" in card and "Whisper frames" not in card
+    card = render_card(shipped, n_params=1000)
+    assert "WebQuestions trainmodel + val" in card and "distinct\n  reference answers" in card

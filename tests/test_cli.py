@@ -98,3 +98,97 @@ def test_eval_takes_config_keys_and_its_flags_are_aliases(tmp_path, monkeypatch,
 def test_eval_without_data_is_a_usage_error(capsys, tmp_path):
     assert main(["eval", f"out={tmp_path / 'o'}"]) == 2
     assert "data: give the evaluation data" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- one mechanism for every job command
+def _job_commands():
+    from speechkeep.align.recipe import AlignConfig
+    from speechkeep.cli import AskConfig, BuildConfig, ModelsConfig
+    from speechkeep.data.build import DataBuildConfig
+    from speechkeep.evaluate.run import EvalConfig
+    from speechkeep.importance.options import CompareConfig, DeactivateConfig, HeatmapConfig, ImportanceConfig
+    from speechkeep.recipes.demo import DemoConfig
+    from speechkeep.train.config import TrainConfig
+
+    # command -> (config class, [(old flags, the same as key=value)])
+    return {
+        "models": (ModelsConfig, [(["--prepare", "a", "b"], ["prepare=[a, b]"])]),
+        "build": (BuildConfig, [(["--out", "o", "--seed", "3", "--overwrite"], ["out=o", "seed=3", "overwrite=true"])]),
+        "ask": (AskConfig, [(["--model", "m", "--text", "hi there", "--text", "yo", "--audio", "a.wav",
+                              "--max-new-tokens", "2"],
+                             ["model=m", "text=[hi there, yo]", "audio=[a.wav]", "max_new_tokens=2"])]),
+        "train": (TrainConfig, [(["--overwrite"], ["overwrite=true"])]),
+        "eval": (EvalConfig, [(["--tasks", "t2t", "asr", "--ctc-emit", "hard", "--batch-size", "3"],
+                               ["tasks=[t2t, asr]", "ctc_emit=hard", "batch_size=3"])]),
+        "demo": (DemoConfig, [(["--overwrite"], ["overwrite=true"])]),
+        "align": (AlignConfig, [(["--overwrite"], ["overwrite=true"])]),
+        "data build": (DataBuildConfig, [(["--questions", "q.json", "--out", "o", "--voices", "a,b", "--no-features",
+                                           "--no-progress", "--workers", "1", "--split-by-voice", "--encode-mode",
+                                           "variable", "--limit", "4"],
+                                          ["questions=q.json", "out=o", "voices=[a, b]", "features=false",
+                                           "progress=false", "workers=1", "split_by_voice=true",
+                                           "encode_mode=variable", "limit=4"])]),
+        "importance": (ImportanceConfig, [(["--model", "m", "--data", "d", "--out", "o", "--fraction", "1", "--input",
+                                            "speech", "--batch-size", "2"],
+                                           ["model=m", "data=d", "out=o", "fraction=1", "input=speech", "batch_size=2"])]),
+        "deactivate": (DeactivateConfig, [(["--model", "m", "--importance", "i", "--data", "d", "--fraction", "0.1",
+                                            "--include-embeddings", "--scope", "per_matrix"],
+                                           ["model=m", "importance=i", "data=d", "fraction=0.1",
+                                            "include_embeddings=true", "scope=per_matrix"])]),
+        "importance-compare": (CompareConfig, [(["r1", "r2", "--out", "o", "--absolute", "--labels", "A", "B"],
+                                                ["runs=[r1, r2]", "out=o", "absolute=true", "labels=[A, B]"])]),
+        "heatmap": (HeatmapConfig, [(["--importance", "i", "--layer", "1", "--top", "0.1", "--matrices", "x", "y"],
+                                     ["importance=i", "layer=1", "top=0.1", "matrices=[x, y]"])]),
+    }
+
+
+def _resolve(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.mark.parametrize("cmd", list(_job_commands()))
+def test_every_job_command_help_lists_every_key_with_its_real_default(cmd, capsys):
+    from speechkeep.config import config_help, load_config
+
+    cls, _ = _job_commands()[cmd]
+    with pytest.raises(SystemExit):
+        main([*cmd.split(), "--help"])
+    out = capsys.readouterr().out
+    assert "[config] [overrides ...]" in out.replace("\n", " ").replace("  ", " ") or "[config]" in out
+    used = load_config(cls, None, [])  # what the command runs with when nothing is given
+    rows = config_help(cls)
+    assert {r[0].split(".")[0] for r in rows} >= {f for f in cls.__dataclass_fields__ if f != "sections"}
+    for key, tname, default, doc in rows:
+        assert f"  {key} ({tname}, default {default})" in out, key
+        assert default == repr(_resolve(used, key)), f"{key}: help says {default}, the command uses {_resolve(used, key)!r}"
+        assert doc, f"{cmd}: {key} has no docstring"
+
+
+@pytest.mark.parametrize("cmd", list(_job_commands()))
+def test_every_job_commands_old_flags_equal_their_key_value_form(cmd, tmp_path):
+    from speechkeep.config import config_from_args
+
+    cls, pairs = _job_commands()[cmd]
+    parser = build_parser()
+    for flags, keys in pairs:
+        a, _ = config_from_args(parser.parse_args([*cmd.split(), *flags]))
+        b, _ = config_from_args(parser.parse_args([*cmd.split(), *keys]))
+        assert isinstance(a, cls) and a == b, (flags, keys)
+        assert a != cls() or not flags
+    # and a YAML file takes the same keys
+    (tmp_path / "c.yaml").write_text("\n".join(k.replace("=", ": ", 1) for k in pairs[0][1]) + "\n")
+    c, path = config_from_args(parser.parse_args([*cmd.split(), str(tmp_path / "c.yaml")]))
+    assert path == str(tmp_path / "c.yaml") and c == a
+
+
+def test_bare_arguments_after_an_option_are_still_runs(monkeypatch):
+    import speechkeep.importance.cli as icli
+    from speechkeep.config import config_from_args
+
+    seen = []
+    monkeypatch.setattr(icli, "cmd_compare", lambda args: seen.append(config_from_args(args)[0]))
+    assert main(["importance-compare", "r1", "--out", "o", "r2", "labels=[A, B]", "--absolute"]) == 0
+    assert seen[0].runs == ["r1", "r2"] and seen[0].labels == ["A", "B"] and seen[0].out == "o" and seen[0].absolute
+    assert main(["eval", "--out", "o", "stray"]) == 2  # a command without bare arguments still refuses them

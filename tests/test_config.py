@@ -101,3 +101,15 @@ def test_partial_nested_override_keeps_the_fields_own_default():
     assert cfg.ctc.model.llm == "bundled:gemma3-270m"
     assert cfg.ctc.model.adaptor.output == "ctc" and cfg.ctc.model.adaptor.hidden_size == 64
     assert cfg.ctc.model.encode_mode == "variable" and cfg.ctc.batch_size == 32
+
+
+def test_a_mapping_setting_is_replaced_not_merged_with_its_default():
+    """`data.tasks={asr: 1}` trains asr only (it used to be merged into the default {qa: 1}: qa + asr),
+    while nested configs still merge key by key with their field's own default."""
+    from speechkeep.align.recipe import AlignConfig
+    from speechkeep.train.config import TrainConfig
+
+    assert load_config(TrainConfig, None, ["data.tasks={asr: 1}"]).data.tasks == {"asr": 1.0}
+    assert load_config(TrainConfig, None, ["data.tasks={asr: 1}", "data.batch_size=2"]).data.batch_size == 2
+    a = load_config(AlignConfig, None, ["ctc.model.adaptor.hidden_size=16"])
+    assert a.ctc.model.adaptor.output == "ctc" and a.ctc.model.adaptor.hidden_size == 16

@@ -124,3 +124,11 @@ def test_the_checker_sees_function_level_imports(tmp_path):
     assert imports(f) == [("speechkeep.evaluate.run", 5)]
     assert layer_of("speechkeep.importance.cli") > layer_of("speechkeep.importance.deactivate") > \
         layer_of("speechkeep.importance.taylor") > layer_of("speechkeep.models.speech_llm") > layer_of("speechkeep.config")
+
+
+def test_only_the_cli_imports_a_recipe_module():
+    """`align` used to import `recipes.demo` to find its data: data locations live in `speechkeep.data`, and a
+    recipe module is imported by the CLI (or itself) only."""
+    bad = [f"{where}: {src} imports {dst}" for src, dst, where in edges()
+           if dst.startswith("speechkeep.recipes") and not src.startswith(("speechkeep.recipes", "speechkeep.cli"))]
+    assert not bad, bad

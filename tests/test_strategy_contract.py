@@ -56,6 +56,11 @@ def manifest(tmp_path_factory):
     return write_manifest(d / "manifest.jsonl", rows)
 
 
+NEEDS = {"ctc_align": {"model.adaptor.output": "ctc", "model.adaptor.ctc_vocab_size": 1, "model.adaptor.stack_frames": 1,
+                       "data.tasks": "{asr: 1}"}}
+"""Config a strategy cannot train without (the alignment objective trains a CTC head on transcripts)."""
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_trains_saves_and_reloads_identically(name, manifest, tiny_llm_dir, tiny_whisper_dir, tmp_path):
     from speechkeep.evaluate.run import EvalConfig, evaluate, perplexity
@@ -67,7 +72,7 @@ def test_every_strategy_trains_saves_and_reloads_identically(name, manifest, tin
 
     run = tmp_path / "run"
     cfg = cfg_for(tiny_llm_dir, tiny_whisper_dir, run, strategy=name, max_steps=2, save_every=2,
-                  **{"data.train": manifest, "lora.r": 4})
+                  **{"data.train": manifest, "lora.r": 4, **NEEDS.get(name, {})})
     res = train(cfg, features=features, progress=False)
     assert res.steps == 2 and res.model is not None
     trained = res.model.eval()
@@ -100,6 +105,9 @@ def test_every_strategy_trains_saves_and_reloads_identically(name, manifest, tin
     assert metrics["t2t"]["n"] == len(preds) == len(ROWS)
     assert metrics["t2t"]["correct"] == sum(p["correct"] for p in preds)
     saved = json.loads((run / "model" / "speechkeep.json").read_text())
+    if name == "ctc_align":  # the CTC head got its vocabulary from the transcripts, and it is saved
+        assert saved["config"]["adaptor"]["ctc_vocab_size"] == int(again.adaptor.ctc_vocab.numel()) > 1
+        assert again.adaptor.has_ctc_vocabulary()
     if name == "lora":  # unmerged LoRA is a recorded transform, its weights only (not the base LLM's)
         assert saved["transforms"] == [{"name": "lora", "settings": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
                                                                       "target_modules": cfg.lora.target_modules}}]

@@ -28,6 +28,15 @@ from speechkeep.errors import DataError
 _ID_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+DEFAULT_SOURCES = ("webquestions:trainmodel", "webquestions:val")
+"""The corpus's questions when ``sources`` is empty (shipped with the package)."""
+
+
+def corpus_sources(sources) -> list[str]:
+    """The question sources a corpus config means (empty: :data:`DEFAULT_SOURCES`)."""
+    return list(sources or DEFAULT_SOURCES)
+
+
 @dataclass
 class AlignCorpusConfig(Checked):
     """What the alignment corpus is made of."""
@@ -115,7 +124,7 @@ def build_align_corpus(cfg: AlignCorpusConfig, progress: bool = True) -> Path:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = cfg.sources or ["webquestions:trainmodel", "webquestions:val"]
+    names = corpus_sources(cfg.sources)
     sources = [resolve_questions_path(s) for s in names]
     for s in sources:
         if not s.is_file():

@@ -93,8 +93,9 @@ def _check_align(cfg: AlignConfig) -> None:
     from speechkeep.data.questions import resolve_questions_path
     from speechkeep.data.webquestions import webquestions_file
 
-    names = cfg.corpus.sources or ["webquestions:trainmodel", "webquestions:val"]
-    for src in [*(resolve_questions_path(n) for n in names), webquestions_file(cfg.eval_questions, cfg.webquestions)]:
+    from speechkeep.align.corpus import corpus_sources
+
+    for src in [*(resolve_questions_path(n) for n in corpus_sources(cfg.corpus.sources)), webquestions_file(cfg.eval_questions, cfg.webquestions)]:
         if not src.is_file():
             raise UsageError(f"{src}: no such questions file (corpus.sources, webquestions, eval_questions)")
         read_questions(src)
@@ -174,11 +175,12 @@ def _run_align(cfg: AlignConfig, progress: bool = True) -> dict:
 
 
 def wer_curve(metrics_csv: str | Path) -> list[dict]:
-    """[{step, minutes, eval_wer}] of the evaluations logged in a CTC run's metrics.csv."""
+    """[{step, minutes, eval_wer}] of the evaluations logged in a CTC run's metrics.csv (the training
+    engine's columns elapsed_s / eval_wer; runs before the engine wrote train_seconds)."""
     import csv
 
     with open(metrics_csv, newline="") as f:
-        return [{"step": int(r["step"]), "minutes": round(float(r["train_seconds"]) / 60, 1),
+        return [{"step": int(r["step"]), "minutes": round(float(r.get("elapsed_s") or r.get("train_seconds")) / 60, 1),
                  "eval_wer": float(r["eval_wer"])} for r in csv.DictReader(f) if r.get("eval_wer")]
 
 
@@ -235,6 +237,13 @@ def render_card(report: dict, n_params: int) -> str:
                  "instruction, it answers or paraphrases it instead)" if llm == "bundled:smollm2-135m" else
                  "a small instruct LLM may not copy text on request (it answers or paraphrases the question instead)")
     voices = ", ".join(f"{v} {n}" for v, n in corpus["voices"].items())
+    from speechkeep.align.corpus import DEFAULT_SOURCES, corpus_sources
+
+    srcs = corpus_sources(corpus["config"].get("sources"))
+    questions = ("WebQuestions trainmodel + val" if srcs == list(DEFAULT_SOURCES)
+                 else " + ".join(f"`{Path(x).name if not x.startswith('webquestions:') else x}`" for x in srcs))
+    answers = " and their distinct\n  reference answers (one piper and one eSpeak voice each)" if corpus["config"].get(
+        "include_answers", True) else ""
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     rows = []
     if "asr" in ev:
@@ -255,7 +264,7 @@ The adaptor of a speechkeep SpeechLLM (frozen speech encoder {enc} -> adaptor ->
 {llm}), trained so that speech maps to what the LLM reads. {load}
 
 ## What it is
-- Adaptor: {ad['stack_frames']} stacked Whisper frames -> Linear -> ReLU (hidden {ad['hidden_size']}) -> Linear -> LLM width, then
+- Adaptor: {ad['stack_frames']} stacked {enc} frames -> Linear -> ReLU (hidden {ad['hidden_size']}) -> Linear -> LLM width, then
   CTC onto the LLM's own vocabulary: logits = output x the frozen token embeddings of {ad['ctc_vocab_size']} LLM tokens
   (every token in the corpus transcripts) + a learned blank. The LLM reads one input per token of the
   greedy CTC path: the posterior-weighted average of the token embeddings (`ctc_emit={ad['ctc_emit']}`).
@@ -266,9 +275,8 @@ The adaptor of a speechkeep SpeechLLM (frozen speech encoder {enc} -> adaptor ->
 ```
 {report['command']}
 ```
-- Data: {corpus['utterances']} synthesized utterances, {corpus['hours']} h: the questions of WebQuestions
-  trainmodel + val (each by {corpus['config']['piper_voices_per_text']} piper and {corpus['config']['espeak_voices_per_text']} eSpeak voices) and their distinct
-  reference answers (one piper and one eSpeak voice each); transcripts lower-cased. Voices: {voices}.
+- Data: {corpus['utterances']} synthesized utterances, {corpus['hours']} h: the questions of {questions}
+  (each by {corpus['config']['piper_voices_per_text']} piper and {corpus['config']['espeak_voices_per_text']} eSpeak voices){answers}; transcripts lower-cased. Voices: {voices}.
   Held-out voice never used: {report['eval_set']['voice']}.
 - Training: CTC, {ctc['steps']} steps of batch {cfg['batch_size']}, AdamW lr {cfg['lr']} (warmup {cfg['warmup_steps']}, cosine to 10%),
   {ctc['train_minutes']:.1f} min on {report['machine']}; final CTC loss {ctc['final_loss']}.

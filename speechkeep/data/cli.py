@@ -8,7 +8,9 @@ The main CLI registers it with::
     if args.command == "data": return run_data_build(args)
 
 It also runs on its own: ``python -m speechkeep.data.cli build --questions FILE --out DIR``.
-Help texts are the docstrings of :class:`~speechkeep.data.build.DataBuildConfig`'s fields.
+Like every job command it takes ``[CONFIG.yaml] [key=value ...]`` of
+:class:`~speechkeep.data.build.DataBuildConfig` (``questions=FILE out=DIR workers=1``); the flags are
+aliases of those keys, and the help texts are the fields' docstrings.
 """
 
 from __future__ import annotations
@@ -17,51 +19,31 @@ import argparse
 import logging
 import sys
 
-from speechkeep.config import arg_type, field_docs
+from speechkeep.config import Flag, add_config_arguments, config_from_args
 from speechkeep.data.build import DataBuildConfig
-
-
-def _help(name: str, extra: str = "", default: str | None = None) -> str:
-    """Help text of an option: its config field's docstring, plus the default."""
-    doc = field_docs(DataBuildConfig).get(name, "")
-    if default is None:
-        value = getattr(DataBuildConfig(), name)
-        default = "" if value == "" else str(value)
-    tail = f" (default: {default})" if default else ""
-    return f"{doc}{extra}{tail}".replace("%", "%%")
 
 
 def _voice_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+BUILD_FLAGS = (
+    Flag("questions", kwargs={"metavar": "FILE"}), Flag("out", kwargs={"metavar": "DIR"}), "limit",
+    Flag("voices", kwargs={"type": _voice_list, "nargs": None, "metavar": "V1,V2"}),
+    Flag("eval_voices", kwargs={"type": _voice_list, "nargs": None, "metavar": "V1,V2"}),
+    Flag("split", kwargs={"metavar": "NAME"}), Flag("eval_split", kwargs={"metavar": "NAME"}),
+    Flag("split_by_voice", const=True), Flag("teacher", kwargs={"metavar": "MODEL_SPEC"}), "max_new_tokens",
+    "teacher_batch_size", Flag("system_prompt", kwargs={"metavar": "TEXT"}), "workers", Flag("skip_bad", const=True),
+    "features", Flag("speech_encoder", kwargs={"metavar": "SPEC"}), "encode_mode",
+    Flag("deterministic_tts", const=True), "seed", Flag("progress", "--no-progress", const=False),
+)
+"""``data build``'s historical flags, aliases of DataBuildConfig keys (``--workers 1`` = ``workers=1``;
+``--voices a,b`` = ``voices=[a, b]``; ``--no-features`` = ``features=false``)."""
+
+
 def add_build_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``data build`` (one per DataBuildConfig field)."""
-    p.add_argument("--questions", required=True, metavar="FILE", help=_help("questions"))
-    p.add_argument("--out", required=True, metavar="DIR", help=_help("out"))
-    p.add_argument("--limit", type=arg_type((DataBuildConfig, "limit")), metavar="N", help=_help("limit"))
-    p.add_argument("--voices", type=_voice_list, default=[], metavar="V1,V2",
-                   help=_help("voices", " Comma-separated; names in speechkeep.data.tts.VOICES.", "all but the eval voices"))
-    p.add_argument("--eval-voices", type=_voice_list, default=[], metavar="V1,V2",
-                   help=_help("eval_voices", " Comma-separated.", "none"))
-    p.add_argument("--split", default="train", metavar="NAME", help=_help("split"))
-    p.add_argument("--eval-split", default="eval", metavar="NAME", help=_help("eval_split"))
-    p.add_argument("--split-by-voice", action="store_true", help=_help("split_by_voice"))
-    p.add_argument("--teacher", metavar="MODEL_SPEC", help=_help("teacher"))
-    p.add_argument("--max-new-tokens", type=arg_type((DataBuildConfig, "max_new_tokens")), default=64, metavar="N",
-                   help=_help("max_new_tokens"))
-    p.add_argument("--teacher-batch-size", type=arg_type((DataBuildConfig, "teacher_batch_size")), default=16,
-                   metavar="N", help=_help("teacher_batch_size"))
-    p.add_argument("--system-prompt", metavar="TEXT", help=_help("system_prompt"))
-    p.add_argument("--workers", type=arg_type((DataBuildConfig, "workers")), default=2, metavar="N", help=_help("workers"))
-    p.add_argument("--skip-bad", action="store_true", help=_help("skip_bad"))
-    p.add_argument("--features", action=argparse.BooleanOptionalAction, default=True, help=_help("features"))
-    p.add_argument("--speech-encoder", default="bundled:whisper-tiny.en", metavar="SPEC", help=_help("speech_encoder"))
-    p.add_argument("--encode-mode", choices=["padded", "variable"], default="padded", help=_help("encode_mode"))
-    p.add_argument("--deterministic-tts", action="store_true", help=_help("deterministic_tts"))
-    p.add_argument("--seed", type=arg_type((DataBuildConfig, "seed")), default=0, help=_help("seed"))
-    p.add_argument("--overwrite", action="store_true", help=_help("overwrite"))
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="Hide the progress bars.")
+    """The options of ``data build``: [CONFIG.yaml] [key=value ...] of DataBuildConfig, the flags as aliases."""
+    add_config_arguments(p, DataBuildConfig, BUILD_FLAGS)
 
 
 def add_data_parser(subparsers) -> argparse.ArgumentParser:
@@ -79,9 +61,8 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     return data
 
 
-def config_from_args(args: argparse.Namespace) -> DataBuildConfig:
-    names = [f for f in DataBuildConfig.__dataclass_fields__]
-    return DataBuildConfig(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+def build_config(args: argparse.Namespace) -> DataBuildConfig:
+    return config_from_args(args, DataBuildConfig)[0]
 
 
 def run_data_build(args: argparse.Namespace) -> int:
@@ -93,10 +74,15 @@ def run_data_build(args: argparse.Namespace) -> int:
 
     from speechkeep.data.questions import WEBQUESTIONS_PREFIX
 
-    if not args.questions.startswith(WEBQUESTIONS_PREFIX) and not Path(args.questions).exists():
-        raise UsageError(f"--questions {args.questions}: no such file or directory")
+    cfg = build_config(args)
+    if not cfg.questions:
+        raise UsageError("questions: give the questions file (--questions FILE or questions=FILE)")
+    if not cfg.out:
+        raise UsageError("out: give the output directory (--out DIR or out=DIR)")
+    if not cfg.questions.startswith(WEBQUESTIONS_PREFIX) and not Path(cfg.questions).exists():
+        raise UsageError(f"--questions {cfg.questions}: no such file or directory")
 
-    report = build_dataset(config_from_args(args))
+    report = build_dataset(cfg)
     print(report.summary())
     return 0
 

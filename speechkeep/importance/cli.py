@@ -1,13 +1,17 @@
-"""CLI: ``speechkeep importance``, ``deactivate``, ``importance-compare``, ``heatmap``."""
+"""CLI: ``speechkeep importance``, ``deactivate``, ``importance-compare``, ``heatmap``.
+
+Each takes ``[CONFIG.yaml] [key=value ...]`` of its config dataclass (:mod:`speechkeep.importance.options`),
+its ``--help`` is generated from it, and its flags are aliases of those keys (``--batch-size 4`` =
+``batch_size=4``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from speechkeep.config import Range, arg_type
+from speechkeep.config import Flag, Range, add_config_arguments, config_from_args
 from speechkeep.errors import UsageError
+from speechkeep.importance.options import CompareConfig, DeactivateConfig, HeatmapConfig, ImportanceConfig
 
 FRACTION_OF_ROWS = Range(gt=0, le=1)
 """``importance --fraction``: a share of the manifest's rows, 1 = all."""
@@ -16,6 +20,15 @@ FRACTION_OF_PARAMS = Range(gt=0, lt=1)
 SHARE = Range(gt=0, le=1)
 POSITIVE = Range(ge=1)
 SEED = Range(ge=0)
+
+
+def _options(args, required: tuple[str, ...] = ()):
+    """The command's config (YAML, key=value, alias flags); each required key must be given."""
+    cfg, _ = config_from_args(args)
+    for key in required:
+        if not getattr(cfg, key):
+            raise UsageError(f"--{key.replace('_', '-')}: required (or {key}=...)")
+    return cfg
 
 
 def _check_inputs(model: str | None = None, data: str | None = None) -> None:
@@ -49,6 +62,8 @@ def cmd_importance(args) -> None:
     from speechkeep.importance.runs import batched, queries_from_manifest, save_importance
     from speechkeep.importance.taylor import compute_importance
 
+    args = _options(args, ("model", "data", "out"))
+
     _check_inputs(args.model, args.data)
     fraction = None if args.fraction >= 1 else args.fraction
     with _out(args, "importance", [args.model, args.data]):
@@ -75,6 +90,7 @@ def cmd_deactivate(args) -> None:
 
     import contextlib
 
+    args = _options(args, ("model", "importance", "data"))
     _check_inputs(args.model, args.data)
     scores = load_scores(args.importance)
     guard = _out(args, "deactivate", [args.model, args.data, args.importance]) if args.out else contextlib.nullcontext()
@@ -103,6 +119,7 @@ def cmd_compare(args) -> None:
 
     from speechkeep.importance.runs import load_summary
 
+    args = _options(args, ("runs", "out"))
     if args.labels and len(args.labels) != len(args.runs):
         raise UsageError(f"{len(args.labels)} labels for {len(args.runs)} runs")
     for r in args.runs:
@@ -127,6 +144,7 @@ def cmd_heatmap(args) -> None:
     from speechkeep.importance.runs import load_scores
     from speechkeep.io import write_json
 
+    args = _options(args, ("out",))
     out = Path(args.out)
     names = args.matrices or [f"model.layers.{i}.{m}.weight" for i in (0, args.layer) for m in
                               ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj")]
@@ -172,73 +190,29 @@ def cmd_heatmap(args) -> None:
 
 
 def add_importance_parsers(sub) -> None:
-    from speechkeep.importance.taylor import DEFAULT_CONVENTION
-
     p = sub.add_parser("importance", help="first-order Taylor importance |dL/dtheta * theta| of every parameter",
                        description="Importance of every LLM (and adaptor) parameter over a spoken manifest's responses.")
-    p.add_argument("--model", required=True, help="a training run, a saved SpeechLLM directory, or an LLM spec")
-    p.add_argument("--data", required=True, help="spoken manifest with teacher responses")
-    p.add_argument("--input", choices=["text", "speech"], default="text",
-                   help="loss of the responses given the text question (textual importance) or the spoken one")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--convention", choices=["abs_sum", "signed_sum"], default=DEFAULT_CONVENTION,
-                   help=f"abs_sum: sum_b |g_b*theta|; signed_sum: |theta * sum_b g_b| (default {DEFAULT_CONVENTION})")
-    p.add_argument("--fraction", type=arg_type(FRACTION_OF_ROWS, float), default=1 / 30,
-                   help="seeded share of the manifest's rows, in (0, 1] (default 1/30, as the seed; 1 = all)")
-    p.add_argument("--limit", type=arg_type(POSITIVE), default=None, help="at most N rows (after --fraction)")
-    p.add_argument("--split", default=None, help="only rows of this split")
-    p.add_argument("--batch-size", type=arg_type(POSITIVE), default=8, help="batch size (default 8)")
-    p.add_argument("--seed", type=arg_type(SEED), default=0, help="seed of the row sample (default 0)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --out directory that is not empty and not an earlier importance run")
+    add_config_arguments(p, ImportanceConfig, ["model", "data", "input", "out", "convention", "fraction", "limit",
+                                               "split", "batch_size", "seed"])
     p.set_defaults(func=cmd_importance)
 
     p = sub.add_parser("deactivate", help="zero the top/bottom/random fraction by importance; perplexity (seed Table 1)",
                        description="Deactivation test: perplexity on held-out data with the top, bottom and a random "
                                    "fraction of parameters zeroed, and untouched. Weights are restored afterwards.")
-    p.add_argument("--model", required=True, help="the model the importance was computed on")
-    p.add_argument("--importance", required=True, help="an importance run directory")
-    p.add_argument("--data", required=True, help="held-out spoken manifest with reference responses")
-    p.add_argument("--input", choices=["text", "speech"], default="text", help="text or spoken questions (default text)")
-    p.add_argument("--fraction", type=arg_type(FRACTION_OF_PARAMS, float), default=0.03,
-                   help="share of parameters to zero, in (0, 1) (default 0.03)")
-    p.add_argument("--scope", choices=["global", "per_matrix"], default="global",
-                   help="rank all parameters together (global, default) or within each weight tensor")
-    p.add_argument("--include-embeddings", action="store_true",
-                   help="also rank and zero the (tied) embedding matrix (default: excluded; see the module docs)")
-    p.add_argument("--split", default=None, help="only rows of this split")
-    p.add_argument("--limit", type=arg_type(POSITIVE), default=None, help="at most N held-out items")
-    p.add_argument("--batch-size", type=arg_type(POSITIVE), default=16, help="batch size (default 16)")
-    p.add_argument("--seed", type=arg_type(SEED), default=0, help="seed of the random selection (default 0)")
-    p.add_argument("--out", default=None, help="directory for deactivation.json")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --out directory that is not empty and not an earlier deactivate output")
+    add_config_arguments(p, DeactivateConfig, ["model", "importance", "data", "input", "fraction", "scope",
+                                               Flag("include_embeddings", const=True), "split", "limit", "batch_size",
+                                               "seed", "out"])
     p.set_defaults(func=cmd_deactivate)
 
     p = sub.add_parser("importance-compare", help="layer-wise importance distributions and their shift (seed Fig. 2/3)",
                        description="Plot per-layer importance shares of several runs on the same axes; JS divergence, "
-                                   "Spearman correlation, magnitude ratio and peak layer of each against the first.")
-    p.add_argument("runs", nargs="+", help="importance run directories (the first is the reference)")
-    p.add_argument("--labels", nargs="+", help="legend labels (default: directory names)")
-    p.add_argument("--absolute", action="store_true", help="plot absolute layer totals instead of shares")
-    p.add_argument("--out", required=True, help="output directory (layer_importance.png, shift.json)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --out directory that is not empty and not an earlier importance-compare output")
+                                   "Spearman correlation, magnitude ratio and peak layer of each against the first. "
+                                   "The run directories are bare arguments (key runs).")
+    add_config_arguments(p, CompareConfig, ["labels", Flag("absolute", const=True), "out"], positional="runs")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("heatmap", help="rank-clustering heatmaps (seed Fig. 1) and parameter-change heatmaps (Fig. 4)",
                        description="Rank clustering of an importance run's matrices and/or |W_after - W_before| "
                                    "between two models, each with a number (concentration score, low-rank energy).")
-    p.add_argument("--importance", help="importance run directory (rank clustering)")
-    p.add_argument("--before", help="model before fine-tuning (LLM spec or SpeechLLM directory)")
-    p.add_argument("--after", help="model after fine-tuning (run or SpeechLLM directory)")
-    p.add_argument("--matrices", nargs="+", help="parameter names (default: q, o, down projections of layer 0 and --layer)")
-    p.add_argument("--layer", type=arg_type(SEED), default=15, help="second layer for the default matrices (default 15)")
-    p.add_argument("--top", type=arg_type(SHARE, float), default=0.05,
-                   help="share of entries marked important, in (0, 1] (default 0.05)")
-    p.add_argument("--rows", type=arg_type(SHARE, float), default=0.05,
-                   help="share of rows/columns for the concentration score, in (0, 1] (default 0.05)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --out directory that is not empty and not an earlier heatmap output")
+    add_config_arguments(p, HeatmapConfig, ["importance", "before", "after", "matrices", "layer", "top", "rows", "out"])
     p.set_defaults(func=cmd_heatmap)

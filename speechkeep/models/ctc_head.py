@@ -9,8 +9,32 @@ reads per emitted token (posterior-weighted token embeddings, or the best token'
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
+
+
+def ctc_vocabulary(token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The CTC vocabulary: every LLM token id occurring in the transcripts, sorted."""
+    return torch.tensor(sorted({t for ids in token_ids for t in ids}), dtype=torch.long)
+
+
+def ctc_feasible(n_frames: int, labels: Sequence[int]) -> bool:
+    """Whether CTC can align ``labels`` to ``n_frames`` outputs (repeats need a blank between)."""
+    repeats = sum(a == b for a, b in zip(labels, labels[1:]))
+    return 0 < len(labels) and len(labels) + repeats <= n_frames
+
+
+def ctc_loss(adaptor, frames: list[torch.Tensor], targets: list[list[int]], vocab_emb: torch.Tensor) -> torch.Tensor:
+    """Mean CTC loss (per target token, then over the batch) of a batch; targets are CTC labels (1..V)."""
+    hs = adaptor.frame_outputs(frames)
+    lens = torch.tensor([h.shape[0] for h in hs])
+    logp = torch.log_softmax(adaptor.ctc_logits(torch.cat(hs), vocab_emb).float(), dim=-1)
+    padded = nn.utils.rnn.pad_sequence(list(torch.split(logp, lens.tolist())), batch_first=False)
+    tgt = torch.tensor([t for ts in targets for t in ts], dtype=torch.long, device=logp.device)
+    tlen = torch.tensor([len(ts) for ts in targets], dtype=torch.long)
+    return nn.functional.ctc_loss(padded, tgt, lens, tlen, blank=0, reduction="mean", zero_infinity=True)
 
 
 class CTCHead:
@@ -20,6 +44,16 @@ class CTCHead:
     def init_ctc_head(self, d_llm: int, vocab_size: int) -> None:
         self.register_buffer("ctc_vocab", torch.zeros(vocab_size, dtype=torch.long))
         self.blank = nn.Linear(d_llm, 1)
+
+    def has_ctc_vocabulary(self) -> bool:
+        """Whether the CTC vocabulary was set (a new head's ``ctc_vocab`` is all zeros)."""
+        return bool(self.ctc_vocab.any())
+
+    def set_ctc_vocabulary(self, token_ids: torch.Tensor) -> None:
+        """Give a new CTC head its vocabulary (sorted LLM token ids; the size may differ from the
+        config's, which is updated: no weight depends on it, only the ``ctc_vocab`` buffer)."""
+        self.ctc_vocab = token_ids.to(dtype=torch.long, device=self.ctc_vocab.device).clone()
+        self.config.ctc_vocab_size = int(token_ids.numel())
 
     def vocab_embeddings(self, token_embedding: nn.Module) -> torch.Tensor:
         """(V, d_llm): the LLM's input embeddings of the CTC vocabulary (what the LLM reads)."""

@@ -210,17 +210,8 @@ def check_model_spec(spec: str, flag: str = "--model") -> None:
 def load_speech_llm(spec: str, device: str | torch.device = "cpu") -> tuple[SpeechLLM, bool]:
     """Load from any of: a shipped aligned front-end (``bundled:smollm2-135m+whisper-tiny.en``), a
     training run directory (its ``model/``), a saved SpeechLLM directory, a SpeechLLM config YAML, or
-    a plain LLM spec. Returns (model, whether its speech adaptor is trained);
-    the last two give a fresh, untrained adaptor."""
-    from speechkeep.config import load_config
-    from speechkeep.models.bundled import front_end_dir, is_front_end_spec
+    a plain LLM spec. Returns (model, whether its speech adaptor is trained); the last two give a fresh,
+    untrained adaptor. The same as :func:`speechkeep.models.builder.build_speech_llm` with ``init_from=spec``."""
+    from speechkeep.models.builder import build_speech_llm
 
-    if is_front_end_spec(spec):
-        return SpeechLLM.from_pretrained(front_end_dir(spec), device=device), True
-    p = Path(spec)
-    for cand in (p, p / "model"):
-        if cand.is_dir() and (cand / CONFIG_NAME).exists():
-            return SpeechLLM.from_pretrained(cand, device=device), True
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        return SpeechLLM.build(load_config(SpeechLLMConfig, p), device=device), False
-    return SpeechLLM.build(SpeechLLMConfig(llm=spec), device=device), False
+    return build_speech_llm(init_from=spec, device=device)

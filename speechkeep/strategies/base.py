@@ -14,7 +14,10 @@ A strategy is one module that owns everything about it (see the README's "Adding
 - :meth:`Strategy.begin`: work before the first step that needs the training set (a teacher cache);
 - :meth:`Strategy.loss`: the named loss terms (``ce``, ``kl_t2t``, ...) and their weights; the engine
   sums them and logs every term and every task's loss;
-- :meth:`Strategy.export`: what the final save holds (e.g. LoRA merged or not).
+- :meth:`Strategy.export`: what the final save holds (e.g. LoRA merged or not);
+- optionally :meth:`Strategy.prepare_examples` (filter/annotate the training examples once, e.g. CTC's
+  vocabulary), :meth:`Strategy.evaluate` (monitoring every ``eval_every`` steps, ``eval_<name>`` columns)
+  and :meth:`Strategy.summary` (extra facts in ``summary.json``).
 
 Registering a second strategy under a name already taken is an error.
 """
@@ -57,7 +60,7 @@ def register(cls: type["Strategy"]) -> type["Strategy"]:
 
 # Top-level keys of the train config a strategy's settings section must not shadow.
 _CORE_KEYS = {"model", "init_from", "strategy", "sections", "optim", "data", "output_dir", "max_steps", "max_minutes",
-              "save_every", "log_every", "resume", "overwrite", "seed", "precision"}
+              "save_every", "log_every", "eval_every", "resume", "overwrite", "seed", "precision"}
 
 
 def unregister(name: str) -> None:
@@ -186,6 +189,26 @@ class Strategy:
 
     def export(self, model: "SpeechLLM") -> None:
         """Called before the final save (e.g. to merge LoRA)."""
+
+    # ------------------------------------------------------------------ optional: data, monitoring, summary
+    eval_metrics: ClassVar[tuple[str, ...]] = ()
+    """Names of what :meth:`evaluate` returns (metrics.csv columns ``eval_<name>``)."""
+
+    def prepare_examples(self, model: "SpeechLLM", per_task: dict[str, list], features) -> dict[str, list]:
+        """Once, after :meth:`setup` and before the first batch (also on resume): filter or annotate the
+        training examples (task -> list of :class:`~speechkeep.train.data.Example`); ``features(paths)``
+        returns their encoder frames. Must be deterministic (a resumed run rebuilds the same batches).
+        Default: unchanged."""
+        return per_task
+
+    def evaluate(self, model: "SpeechLLM") -> dict[str, float]:
+        """The strategy's own monitoring evaluation, run by the main process every ``eval_every`` steps and
+        at the last step (never used to pick a checkpoint); keys from :attr:`eval_metrics`."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """Extra facts for the run's ``summary.json`` (e.g. how many examples were usable)."""
+        return {}
 
 
 def count_trainable(model: torch.nn.Module) -> int:

@@ -34,6 +34,10 @@ class OptimConfig(Checked):
     """Learning-rate decay after warmup (every parameter group is scaled by the same factor)."""
     warmup_ratio: float = ranged(0.03, ge=0, le=1)
     """Fraction of max_steps spent warming up linearly from 0."""
+    warmup_steps: int | None = ranged(None, ge=0)
+    """Warmup length in optimizer steps; None: warmup_ratio * max_steps."""
+    min_lr_ratio: float = ranged(0.0, ge=0, le=1)
+    """cosine/linear: the learning rate decays to this fraction of the peak at max_steps (0: to zero)."""
     grad_accum: int = ranged(1, ge=1)
     """Micro-batches accumulated per optimizer step."""
     max_grad_norm: float = ranged(1.0, ge=0)
@@ -95,6 +99,9 @@ class TrainConfig(Checked):
     """Write a resumable checkpoint every N optimizer steps (atomically)."""
     log_every: int = ranged(5, ge=1)
     """Log metrics every N optimizer steps."""
+    eval_every: int | None = ranged(None, ge=1)
+    """Run the strategy's own evaluation (if it has one, e.g. ctc_align's held-out WER) every N optimizer steps
+    and at the last step, logged as eval_<name> columns; None: never."""
     resume: bool = False
     """Continue from output_dir/checkpoint if it exists."""
     overwrite: bool = False

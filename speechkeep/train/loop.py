@@ -38,6 +38,8 @@ class TrainResult:
     tokens_per_second: float
     model: SpeechLLM | None = field(default=None, repr=False, compare=False)
     """The trained model as saved (after the strategy's export; on the main process)."""
+    summary: dict = field(default_factory=dict, repr=False, compare=False)
+    """What summary.json holds (on the main process)."""
 
 
 def resolve_init(cfg: TrainConfig) -> str | None:
@@ -54,21 +56,22 @@ def resolve_init(cfg: TrainConfig) -> str | None:
 
 
 def build_model(cfg: TrainConfig) -> SpeechLLM:
-    from speechkeep.models.persistence import load_speech_llm
-
-    init = resolve_init(cfg)
-    if init is None:
-        return SpeechLLM.build(cfg.model, seed=cfg.seed)
+    """The run's starting model (see ``TrainConfig.init_from``), through the one builder."""
+    from speechkeep.models.builder import build_speech_llm
     from speechkeep.models.speech_llm import SpeechLLMConfig
 
-    fresh = SpeechLLMConfig(llm=cfg.model.llm, speech_encoder=cfg.model.speech_encoder)
-    if cfg.model != fresh:
-        log.warning("starting from %s: its own adaptor, encode_mode and system prompt are used and the model.* settings "
-                    "other than llm/speech_encoder are ignored; set init_from=none to build a fresh adaptor", init)
-    model, trained = load_speech_llm(init)
-    if not trained:
-        raise ConfigError(f"init_from={cfg.init_from!r} is not a saved SpeechLLM (no trained adaptor to start from)")
-    log.info("starting from %s", init)
+    init = resolve_init(cfg)
+    if init is not None:
+        fresh = SpeechLLMConfig(llm=cfg.model.llm, speech_encoder=cfg.model.speech_encoder)
+        if cfg.model != fresh:
+            log.warning("starting from %s: its own adaptor, encode_mode and system prompt are used and the model.* "
+                        "settings other than llm/speech_encoder are ignored; set init_from=none to build a fresh "
+                        "adaptor", init)
+    model, trained = build_speech_llm(cfg.model, init_from=init, seed=cfg.seed)
+    if init is not None:
+        if not trained:
+            raise ConfigError(f"init_from={cfg.init_from!r} is not a saved SpeechLLM (no trained adaptor to start from)")
+        log.info("starting from %s", init)
     return model
 
 
@@ -81,11 +84,36 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimize
         return torch.optim.AdamW(groups, **kw)
 
 
+def warmup_steps(cfg: TrainConfig) -> int:
+    o = cfg.optim
+    return o.warmup_steps if o.warmup_steps is not None else int(round(o.warmup_ratio * cfg.max_steps))
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float = 0.0) -> float:
+    """The learning-rate multiplier of optimizer step ``step`` (0-based): linear warmup from 0
+    (transformers' convention: step/warmup), then cosine or linear decay to ``floor`` at ``total``."""
+    import math
+
+    if step < warmup:
+        return step / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    decay = 0.5 * (1.0 + math.cos(math.pi * p)) if schedule == "cosine" else 1.0 - p
+    return floor + (1.0 - floor) * max(0.0, decay)
+
+
 def _scheduler(optimizer, cfg: TrainConfig):
     from transformers import get_scheduler
 
+    warmup = warmup_steps(cfg)
+    if cfg.optim.min_lr_ratio > 0 and cfg.optim.schedule != "constant":
+        from functools import partial
+
+        fn = partial(lr_factor, warmup=warmup, total=cfg.max_steps, schedule=cfg.optim.schedule,
+                     floor=cfg.optim.min_lr_ratio)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.optim.schedule]
-    warmup = int(round(cfg.optim.warmup_ratio * cfg.max_steps))
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=cfg.max_steps)
 
 
@@ -213,14 +241,18 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
     scheduler = _scheduler(optimizer, cfg)
 
     features = features or _feature_fn(cfg, model)
+    per_task = strategy.prepare_examples(model, per_task, features)
+    if not any(per_task.get(t) for t, w in cfg.data.tasks.items() if w > 0):
+        raise TrainingError(f"strategy {strategy.name}: no training example is left to train on")
     stream = BatchStream(per_task, cfg.data.tasks, cfg.data.batch_size, cfg.seed, cfg.data.group_by_length)
     # Each process takes every world_size-th micro-batch.
     rank, world = acc.process_index, acc.num_processes
 
-    step = 0
+    step, elapsed_before = 0, 0.0
     if cfg.resume and ckpt_dir.exists():
         progress_rec = load_checkpoint(ckpt_dir, model, optimizer, scheduler)
         step = progress_rec["step"]
+        elapsed_before = float(progress_rec.get("train_seconds", 0.0))
         stream.load_state(progress_rec["data"])
         acc.print(f"resumed from {ckpt_dir} at step {step}")
     if acc.is_main_process:
@@ -242,6 +274,8 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
 
     tasks = sorted(cfg.data.tasks)
     terms = list(strategy.terms)
+    evals = list(strategy.eval_metrics)
+    last_eval: dict[str, float] = {}
     main = acc.is_main_process
     metrics_path = out / "metrics.csv"
     new_file = not metrics_path.exists() or step == 0
@@ -253,7 +287,7 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
         writer = csv.writer(mf) if mf is not None else None
         if writer is not None and new_file:
             writer.writerow(["step", "loss", "lr", "tokens_per_s", "elapsed_s"] + [f"loss_{t}" for t in tasks]
-                            + [f"term_{n}" for n in terms])
+                            + [f"term_{n}" for n in terms] + [f"eval_{n}" for n in evals])
         if main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -313,17 +347,26 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
             window.append(step_loss)
             elapsed = time.perf_counter() - t0
             tps = tokens / max(elapsed, 1e-9)
-            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:.0f}")
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:.0f}", **last_eval)
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            evaluated: dict[str, float] = {}
+            if evals and main and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                raw.adaptor.eval()
+                raw.llm.eval()
+                evaluated = last_eval = strategy.evaluate(raw)
+                raw.adaptor.train()
+                raw.llm.train() if strategy.llm_changed else raw.llm.eval()
+            if step % cfg.log_every == 0 or step == cfg.max_steps or evaluated:
                 mean = sum(window) / len(window)
                 task_means = {t: v[0] / v[1] for t, v in win_tasks.items() if v[1]}
                 term_means = {n: v[0] / v[1] for n, v in win_terms.items() if v[1]}
                 window, win_tasks, win_terms = [], {}, {}
                 if writer is not None:
-                    writer.writerow([step, f"{mean:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", f"{tps:.1f}", f"{elapsed:.1f}"]
+                    writer.writerow([step, f"{mean:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", f"{tps:.1f}",
+                                     f"{elapsed_before + elapsed:.1f}"]
                                     + [f"{task_means[t]:.5f}" if t in task_means else "" for t in tasks]
-                                    + [f"{term_means[n]:.5f}" if n in term_means else "" for n in terms])
+                                    + [f"{term_means[n]:.5f}" if n in term_means else "" for n in terms]
+                                    + [f"{evaluated[n]:.5f}" if n in evaluated else "" for n in evals])
                     mf.flush()
                 if tb is not None:
                     tb.add_scalar("train/loss", mean, step)
@@ -333,12 +376,15 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
                         tb.add_scalar(f"train/loss_{t}", v, step)
                     for n, v in term_means.items():
                         tb.add_scalar(f"train/term_{n}", v, step)
+                    for n, v in evaluated.items():
+                        tb.add_scalar(f"eval/{n}", v, step)
             if cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60:
                 stopped_early = True
             if step % cfg.save_every == 0 or stopped_early or step == cfg.max_steps:
                 acc.wait_for_everyone()
                 if main:
-                    save_checkpoint(ckpt_dir, raw, optimizer, scheduler, step, stream.state())
+                    save_checkpoint(ckpt_dir, raw, optimizer, scheduler, step, stream.state(),
+                                    {"train_seconds": round(elapsed_before + time.perf_counter() - t0, 3)})
                 last_saved = step
             if stopped_early:
                 acc.print(f"stopping after {cfg.max_minutes} minutes at step {step}")
@@ -351,13 +397,19 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
         if tb is not None:
             tb.close()
     seconds = time.perf_counter() - t0
+    result: dict = {}
     if acc.is_main_process:
+        if evals and cfg.eval_every and not last_eval:  # e.g. a run resumed at its last step
+            raw.eval()
+            last_eval = strategy.evaluate(raw)
         strategy.export(raw)
         raw.save_pretrained(out / "model")
-        result = {"steps": step, "final_loss": last_loss, "seconds": round(seconds, 1), "trainable_params": n_trainable,
+        result = {"steps": step, "final_loss": last_loss, "seconds": round(seconds, 1),
+                  "train_seconds": round(elapsed_before + seconds, 1), "trainable_params": n_trainable,
                   "tokens_per_second": round(tokens / max(seconds, 1e-9), 1), "strategy": strategy.name,
-                  "stopped_early": stopped_early}
+                  "stopped_early": stopped_early, **{f"eval_{k}": v for k, v in last_eval.items()},
+                  **strategy.summary()}
         write_json(out / "summary.json", result)
     acc.wait_for_everyone()
     return TrainResult(out, step, last_loss, seconds, n_trainable, tokens / max(seconds, 1e-9),
-                       model=raw if acc.is_main_process else None)
+                       model=raw if acc.is_main_process else None, summary=result)
