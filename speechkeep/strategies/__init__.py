@@ -8,9 +8,11 @@ One strategy = one module in this package, registered under its name with :func:
 - ``layer_lr`` (:mod:`.layer_lr`): adaptor + all LLM weights, per-layer learning rate lowered where
   the pre-trained model's textual importance is high (seed 001 eq. 3);
 - ``distill``  (:mod:`.distill`): a lora | full | adaptor student + KL to the pristine text LLM through
-  text and speech (seed 002).
+  text and speech (seed 002);
+- ``upscale``  (:mod:`.upscale`): LLM frozen, new Transformer or E-Branchformer blocks inserted into it
+  and trained (multimodal depth up-scaling, seed 003).
 
-A new strategy (depth up-scaling, ...) is one new module with a :class:`Strategy`
+A new strategy is one new module with a :class:`Strategy`
 subclass and its ``Settings`` dataclass, added to ``BUILTIN`` below (or registered by any imported
 module); ``speechkeep train strategy=NAME NAME.key=value`` picks it. See :mod:`.base` for the hooks.
 """
@@ -23,7 +25,7 @@ from speechkeep.strategies.base import (  # noqa: F401
     STRATEGIES, LossTerms, Strategy, get_strategy, register, strategy_settings, unregister,
 )
 
-BUILTIN = ("adaptor", "full", "lora", "layer_lr", "distill")
+BUILTIN = ("adaptor", "full", "lora", "layer_lr", "distill", "upscale")
 """The modules of this package that define strategies (importing them registers them)."""
 
 for _m in BUILTIN:
