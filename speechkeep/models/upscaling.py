@@ -45,7 +45,7 @@ def insertion_points(n_layers: int, count: int, placement: str) -> list[int]:
     if count < 1:
         raise ValueError("count must be at least 1")
     if placement == "interleaved":
-        return [int(round((k + 1) * n_layers / count)) - 1 for k in range(count)]
+        return [int((k + 1) * n_layers / count + 0.5) - 1 for k in range(count)]  # rounded half up
     if placement == "top":
         return [n_layers - 1] * count
     if placement == "bottom":
