@@ -289,3 +289,31 @@ def test_real_smollm2_identity_after_insertion(smollm2, whisper_encoder, tone):
             for q, r in zip(qs, ref):
                 torch.testing.assert_close(m.logits(m.prepare([q])), r)
         llm = drop_upscale(m.llm)
+
+
+def test_real_gemma3_identity_after_insertion(whisper_encoder, tone):
+    """The bundled Gemma3-270m (sliding/full layer pattern, q/k norms, soft-capped logits if any): identity
+    after inserting its default 5 blocks of either type; the layer pattern follows the neighbours."""
+    from speechkeep.models.llm import load_llm
+    from speechkeep.models.speech_llm import SpeechLLM, SpeechLLMConfig
+
+    loaded = load_llm("bundled:gemma3-270m")
+    llm = loaded.model.eval()
+    types = list(llm.config.layer_types)
+    base = SpeechLLM.from_parts(llm, loaded.tokenizer, whisper_encoder, SpeechLLMConfig(llm="bundled:gemma3-270m")).eval()
+    qs = [Query(text="What is the capital of France?"), Query(speech_features=whisper_encoder.encode([tone])[0])]
+    with torch.no_grad():
+        ref = [base.hidden_states(base.prepare([q])) for q in qs]  # (Gemma3's 262k-token head is slow: hidden states)
+    after = insertion_points(18, default_count(18), "interleaved")
+    for block in BLOCKS:
+        base.apply_transform("upscale", {"block": block, "after": after})
+        assert base.llm.config.num_hidden_layers == 23
+        origin = layer_origin(base.llm)
+        below = [max(o for o in origin[: i + 1] if o is not None) for i in range(23)]
+        assert base.llm.config.layer_types == [types[j] for j in below]
+        with torch.no_grad():
+            for q, r in zip(qs, ref):
+                torch.testing.assert_close(base.hidden_states(base.prepare([q])), r)
+        drop_upscale(base.llm)
+        base.transforms.clear()
+        assert base.llm.config.layer_types == types
