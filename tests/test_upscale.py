@@ -271,6 +271,7 @@ def test_layer_lr_on_an_upscaled_model(tiny_speech_llm_factory, tiny_llm_dir, ti
     assert ids == {id(p) for p in up.llm.model.layers[2].parameters()}  # original layer 1 is block 2 now
 
 
+@pytest.mark.real
 def test_real_smollm2_identity_after_insertion(smollm2, whisper_encoder, tone):
     """The bundled SmolLM2-135M: logits on text and on speech input are the base model's after inserting
     the default 8 blocks of either type (interleaved)."""
@@ -291,6 +292,7 @@ def test_real_smollm2_identity_after_insertion(smollm2, whisper_encoder, tone):
         llm = drop_upscale(m.llm)
 
 
+@pytest.mark.real
 def test_real_gemma3_identity_after_insertion(whisper_encoder, tone):
     """The bundled Gemma3-270m (sliding/full layer pattern, q/k norms, soft-capped logits if any): identity
     after inserting its default 5 blocks of either type; the layer pattern follows the neighbours."""
