@@ -73,6 +73,7 @@ def test_identity_renumbering_and_cached_generation(arch, block):
     assert llm.config.num_hidden_layers == len(layers) == 6
     assert layer_origin(llm) == [0, None, 1, 2, 3, None]
     assert [l.self_attn.layer_idx for l in layers] == list(range(6))
+    assert layers[1].block.self_attn.config is llm.config  # copies share the LLM's config
     if arch == "gemma3":  # a new block takes its neighbour's sliding/full type (and its attention is that type)
         assert llm.config.layer_types == [types[0], types[0], types[1], types[2], types[3], types[3]]
         assert [l.self_attn.is_sliding for l in layers] == [t == "sliding_attention" for t in llm.config.layer_types]
@@ -85,9 +86,9 @@ def test_identity_renumbering_and_cached_generation(arch, block):
         assert (llm(ids).logits - base).abs().max() > 1e-2
         full = llm(ids).logits
         cache = DynamicCache(config=llm.config)
-        part = [llm(ids[:, :7], past_key_values=cache, use_cache=True).logits]
-        part += [llm(ids[:, 7:8], past_key_values=cache, use_cache=True).logits]
-        part += [llm(ids[:, 8:], past_key_values=cache, use_cache=True).logits]
+        part = [llm(ids[:, :7], cache=cache, use_cache=True).logits]
+        part += [llm(ids[:, 7:8], cache=cache, use_cache=True).logits]
+        part += [llm(ids[:, 8:], cache=cache, use_cache=True).logits]
     torch.testing.assert_close(torch.cat(part, 1), full, rtol=1e-5, atol=1e-5)
     a = llm.generate(ids[:1], max_new_tokens=12, do_sample=False, use_cache=True)
     b = llm.generate(ids[:1], max_new_tokens=12, do_sample=False, use_cache=False)
@@ -199,6 +200,25 @@ def test_speech_only_leaves_text_positions_unchanged(block, tiny_speech_llm_fact
         assert (seen["y"][0, ~text_pos] - seen["x"][0, ~text_pos]).abs().max() > 1e-4
     assert m.generate([text, speech], max_new_tokens=8) == m.generate([text, speech], max_new_tokens=8, use_cache=False)
     assert m.generate([text], max_new_tokens=8) == base.generate([text], max_new_tokens=8)
+
+
+def test_dropping_the_blocks_saves_the_base_llm(tiny_speech_llm_factory, tone, tmp_path):
+    import json
+
+    from speechkeep.models.speech_llm import SpeechLLM
+    from speechkeep.models.upscaling import drop_upscale_model
+
+    base = tiny_speech_llm_factory().eval()
+    m = _upscaled_speech_llm(tiny_speech_llm_factory, "ebranchformer").eval()
+    perturb(m.llm)
+    drop_upscale_model(m)
+    assert m.transforms == []
+    m.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "speechkeep.json").read_text())["llm_format"] == "reference"
+    again = SpeechLLM.from_pretrained(tmp_path / "m")
+    q = Query(audio=tone, instruction="Transcribe.")
+    with torch.no_grad():
+        torch.testing.assert_close(again.logits(again.prepare([q])), base.logits(base.prepare([q])), rtol=0, atol=0)
 
 
 def test_upscale_strategy_trains_only_new_blocks(tiny_llm_dir, tiny_whisper_dir, tmp_path, capsys):

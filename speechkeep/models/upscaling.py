@@ -102,9 +102,15 @@ class UpscaledBlock(nn.Module):
         return torch.where(speech.unsqueeze(-1), out, hidden_states)
 
 
-def transformer_block(neighbour: nn.Module) -> nn.Module:
+def copy_module(module: nn.Module, config=None) -> nn.Module:
+    """A deep copy of a block that shares the LLM's config object (layers keep a reference to it, e.g.
+    for the attention implementation) instead of copying it."""
+    return copy.deepcopy(module, memo={id(config): config} if config is not None else None)
+
+
+def transformer_block(neighbour: nn.Module, config=None) -> nn.Module:
     """LLaMA-Pro: a copy of ``neighbour`` with its attention and MLP output projections zeroed."""
-    block = copy.deepcopy(neighbour)
+    block = copy_module(neighbour, config)
     zeroed = 0
     for name in ("o_proj", "down_proj", "dense", "fc2"):
         for mod_name, mod in block.named_modules():
@@ -156,7 +162,7 @@ def upscale(llm: nn.Module, settings: dict[str, Any]) -> nn.Module:
     def add_new(j: int) -> None:
         nb = old[max(j, 0)]
         if block_type == "transformer":
-            inner = transformer_block(nb)
+            inner = transformer_block(nb, llm.config)
         else:
             inner = EBranchformerBlock(nb, llm.config, cgmlp_units=settings.get("cgmlp_units"),
                                        kernel_size=int(settings.get("kernel_size", 31)),
@@ -218,3 +224,13 @@ def drop_upscale(llm: nn.Module) -> nn.Module:
     _renumber(llm, decoder.layers, old_n, keep)
     delattr(llm.config, ORIGIN_ATTR)
     return llm
+
+
+def drop_upscale_model(model) -> None:
+    """:func:`drop_upscale` on a SpeechLLM, and its ``upscale`` transform record removed: it then saves
+    as its base LLM plus the adaptor (the recovered text LLM is exactly the base; the adaptor stays)."""
+    names = [t["name"] for t in model.transforms]
+    if "upscale" in names and names[-1] != "upscale":
+        raise ValueError("another transform was applied after 'upscale': drop it first")
+    model.llm = drop_upscale(model.llm)
+    model.transforms = [t for t in model.transforms if t["name"] != "upscale"]

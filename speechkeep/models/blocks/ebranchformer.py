@@ -30,12 +30,16 @@ the residual stream of a pre-norm LLM would rescale every later layer's input (n
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from speechkeep.models.blocks.streaming import CausalDepthwiseConv, block_state, valid_positions
+
+
+def _copy(module: nn.Module, config) -> nn.Module:
+    from copy import deepcopy
+
+    return deepcopy(module, memo={id(config): config})  # the LLM's config is shared, not copied
 
 
 def _zero_output(mlp: nn.Module) -> nn.Module:
@@ -89,18 +93,18 @@ class EBranchformerBlock(nn.Module):
             self.attention_type = neighbour.attention_type
         norm = neighbour.input_layernorm
         ff_norm = getattr(neighbour, "pre_feedforward_layernorm", None) or neighbour.post_attention_layernorm
-        self.norm_ff1 = copy.deepcopy(ff_norm)
-        self.ffn1 = _zero_output(copy.deepcopy(neighbour.mlp))
-        self.norm_att = copy.deepcopy(norm)
-        self.self_attn = copy.deepcopy(neighbour.self_attn)
-        self.norm_mlp = copy.deepcopy(norm)
+        self.norm_ff1 = _copy(ff_norm, config)
+        self.ffn1 = _zero_output(_copy(neighbour.mlp, config))
+        self.norm_att = _copy(norm, config)
+        self.self_attn = _copy(neighbour.self_attn, config)
+        self.norm_mlp = _copy(norm, config)
         self.cgmlp = ConvGatedMLP(d, units, kernel_size, std)
         self.merge_conv = CausalDepthwiseConv(2 * d, merge_kernel_size)
         self.merge_proj = nn.Linear(2 * d, d)
         nn.init.zeros_(self.merge_proj.weight)
         nn.init.zeros_(self.merge_proj.bias)
-        self.norm_ff2 = copy.deepcopy(ff_norm)
-        self.ffn2 = _zero_output(copy.deepcopy(neighbour.mlp))
+        self.norm_ff2 = _copy(ff_norm, config)
+        self.ffn2 = _zero_output(_copy(neighbour.mlp, config))
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, position_ids=None, cache=None,
                 use_cache: bool | None = False, position_embeddings=None, **kwargs) -> torch.Tensor:
