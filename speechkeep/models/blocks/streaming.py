@@ -53,8 +53,13 @@ def speech_mask(batch: int, past: int, length: int, device) -> torch.Tensor | No
     if past < m.shape[1]:
         seen = m[:, past: past + length].to(device)
         out[:, : seen.shape[1]] = seen
-    if out.shape[0] != batch:  # a shared prompt prefix run once (its rows are identical and text)
-        out = out[:1].expand(batch, -1) if batch < out.shape[0] else out.expand(batch, -1)
+    if out.shape[0] != batch:
+        if batch < out.shape[0]:  # a shared prompt prefix run once (its rows are identical and text)
+            out = out[:1].expand(batch, -1)
+        elif batch % out.shape[0] == 0:  # rows expanded for generation (num_return_sequences)
+            out = out.repeat_interleave(batch // out.shape[0], dim=0)
+        else:
+            raise ValueError(f"speech positions of {out.shape[0]} rows for a batch of {batch}")
     return out
 
 
@@ -87,8 +92,8 @@ class CausalDepthwiseConv(nn.Module):
         prev = state.get(key) if state else None
         if prev is None:
             prev = x.new_zeros(x.shape[0], k - 1, x.shape[2])
-        elif prev.shape[0] != x.shape[0]:
-            prev = prev.expand(x.shape[0], -1, -1)
+        elif prev.shape[0] != x.shape[0]:  # a shared prefix's state, its cache repeated over the batch
+            prev = prev.repeat_interleave(x.shape[0] // prev.shape[0], dim=0)
         full = torch.cat([prev.to(x.dtype), x], dim=1)
         if state is not None:
             state[key] = full[:, full.shape[1] - (k - 1):]
