@@ -61,8 +61,13 @@ NEEDS = {"ctc_align": {"model.adaptor.output": "ctc", "model.adaptor.ctc_vocab_s
 """Config a strategy cannot train without (the alignment objective trains a CTC head on transcripts)."""
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_every_strategy_trains_saves_and_reloads_identically(name, manifest, tiny_llm_dir, tiny_whisper_dir, tmp_path):
+# Extra settings a strategy is also run with (one case each, beside its defaults).
+VARIANTS = {"upscale": [{"upscale.block": "ebranchformer"}, {"upscale.speech_only": "true", "upscale.placement": "bottom"}]}
+CASES = [(n, {}) for n in sorted(STRATEGIES)] + [(n, v) for n in sorted(VARIANTS) if n in STRATEGIES for v in VARIANTS[n]]
+
+
+@pytest.mark.parametrize("name, extra", CASES, ids=[n + "".join(f"-{v}" for v in e.values()) for n, e in CASES])
+def test_every_strategy_trains_saves_and_reloads_identically(name, extra, manifest, tiny_llm_dir, tiny_whisper_dir, tmp_path):
     from speechkeep.evaluate.run import EvalConfig, evaluate, perplexity
     from speechkeep.importance.runs import batched
     from speechkeep.importance.summary import summarize
@@ -72,7 +77,7 @@ def test_every_strategy_trains_saves_and_reloads_identically(name, manifest, tin
 
     run = tmp_path / "run"
     cfg = cfg_for(tiny_llm_dir, tiny_whisper_dir, run, strategy=name, max_steps=2, save_every=2,
-                  **{"data.train": manifest, "lora.r": 4, **NEEDS.get(name, {})})
+                  **{"data.train": manifest, "lora.r": 4, **NEEDS.get(name, {}), **extra})
     res = train(cfg, features=features, progress=False)
     assert res.steps == 2 and res.model is not None
     trained = res.model.eval()
@@ -96,7 +101,7 @@ def test_every_strategy_trains_saves_and_reloads_identically(name, manifest, tin
     qs += [Query(speech_features=f, response=r.response) for f, r in zip(features([r.audio for r in ROWS[:4]]), ROWS[:4])]
     imp = compute_importance(again, batched(qs, 4), include_adaptor=True, progress=False)
     assert imp.scores and all(torch.isfinite(t).all() for t in imp.scores.values())
-    assert summarize(imp.scores)["n_layers"] == 2
+    assert summarize(imp.scores, imp.meta.get("layer_origin"))["n_layers"] == 2  # an up-scaled model's inserted blocks apart
     assert any(float(t.sum()) > 0 for n, t in imp.scores.items() if ".layers.1." in n)
     assert 1.0 < perplexity(again, qs, batch_size=4) < float("inf")
     metrics = evaluate(EvalConfig(model=str(run), data=str(manifest), out=str(tmp_path / "eval"), tasks=["t2t"],

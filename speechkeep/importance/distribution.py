@@ -4,7 +4,8 @@ Per-layer share ``p_l = I_layer(l) / sum_l I_layer(l)``, with ``I_layer`` the su
 every parameter of transformer block l. Shift metrics between two runs A (before) and B (after):
 Jensen-Shannon divergence (base 2, in [0, 1]; scipy's ``jensenshannon`` returns its square root,
 squared here), Spearman rank correlation of the per-layer totals, total-magnitude ratio B/A, and the
-peak layer of each.
+peak layer of each. An up-scaled model's run (``layer_origin`` in its summary) is compared layer by
+layer through each block's original index; its inserted blocks are listed apart (``new_blocks``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def compare_runs(runs: list[str], labels: list[str] | None = None, out: str | No
     result = {"reference": labels[0],
               "layer_shares": {lab: layer_shares(s).tolist() for lab, s in zip(labels, summaries)},
               "shift": {lab: shift_metrics(summaries[0], s) for lab, s in zip(labels[1:], summaries[1:])}}
+    new = {lab: s["new_blocks"] for lab, s in zip(labels, summaries) if s.get("new_blocks")}
+    if new:  # up-scaled models: layers compared by original index, inserted blocks reported apart
+        result["new_blocks"] = new
     if out:
         plot_distributions(summaries, labels, Path(out), relative=relative)
         result["plot"] = str(out)

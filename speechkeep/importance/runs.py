@@ -25,7 +25,7 @@ SCORES_NAME = "importance.safetensors"
 def save_importance(out: str | Path, scores: dict[str, torch.Tensor], meta: dict) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(scores)
+    summary = summarize(scores, meta.get("layer_origin"))
     summary["meta"] = meta
     summary["architecture"] = {n: list(t.shape) for n, t in scores.items()}
     with atomic_path(out / SCORES_NAME) as tmp:
@@ -117,9 +117,27 @@ def batched(queries: list[Query], batch_size: int) -> list[list[Query]]:
     return [[queries[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
 
 
+def original_architecture(summary: dict) -> dict[str, list]:
+    """The LLM parameters (name -> shape) of a summary, named as in the original LLM: an up-scaled model's
+    blocks renumbered to their original index, its inserted blocks left out."""
+    from speechkeep.importance.summary import original_name
+
+    origin = summary.get("layer_origin")
+    out = {}
+    for n, shape in summary.get("architecture", {}).items():
+        if n.startswith("adaptor."):
+            continue
+        o = original_name(n, origin)
+        if o is not None:
+            out[o] = shape
+    return out
+
+
 def check_same_architecture(a: dict, b: dict, names: tuple[str, str]) -> None:
-    """Two importance summaries are comparable only for the same parameter names and shapes."""
-    ta, tb = a.get("architecture", {}), b.get("architecture", {})
+    """Two importance summaries are comparable only for the same parameter names and shapes (of the
+    original LLM: an up-scaled model's inserted blocks are left out, its blocks mapped to their original
+    index)."""
+    ta, tb = original_architecture(a), original_architecture(b)
     if a["n_layers"] != b["n_layers"] or {k: v for k, v in ta.items() if not k.startswith("adaptor.")} != \
             {k: v for k, v in tb.items() if not k.startswith("adaptor.")}:
         raise SpeechkeepError(

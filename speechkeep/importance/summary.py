@@ -32,11 +32,20 @@ def module_type(name: str) -> str:
     return "other"
 
 
-def summarize(scores: dict[str, torch.Tensor]) -> dict:
-    """Totals per layer and per module type (sums of scores), plus parameter counts."""
-    n_layers = 1 + max((layer_of(n) for n in scores if layer_of(n) is not None), default=-1)
+def summarize(scores: dict[str, torch.Tensor], layer_origin: list[int | None] | None = None) -> dict:
+    """Totals per layer and per module type (sums of scores), plus parameter counts.
+
+    ``layer_origin`` (an up-scaled LLM's ``config.speechkeep_layer_origin``: per block, its index in the
+    original LLM, None for an inserted block) maps blocks to their original index: ``per_layer`` then
+    covers the original layers only (comparable with the base LLM's run) and the inserted blocks are
+    reported separately in ``new_blocks`` (their position in the up-scaled stack, the original layer
+    below them, their total); the module-type totals include them."""
+    found = 1 + max((layer_of(n) for n in scores if layer_of(n) is not None), default=-1)
+    origin = list(layer_origin) if layer_origin is not None else list(range(found))
+    n_layers = sum(o is not None for o in origin)
     per_layer = [0.0] * n_layers
     per_layer_type = [{t: 0.0 for t in MODULE_TYPES[:8]} for _ in range(n_layers)]
+    new_blocks = {i: 0.0 for i, o in enumerate(origin) if o is None}
     per_type = {t: 0.0 for t in MODULE_TYPES}
     counts = {t: 0 for t in MODULE_TYPES}
     for name, s in scores.items():
@@ -46,9 +55,32 @@ def summarize(scores: dict[str, torch.Tensor]) -> dict:
         counts[t] += s.numel()
         li = layer_of(name)
         if li is not None and not name.startswith("adaptor."):
-            per_layer[li] += total
-            if t in per_layer_type[li]:
-                per_layer_type[li][t] += total
+            if li >= len(origin):
+                raise ValueError(f"{name}: block {li} beyond the {len(origin)} blocks of the layer map")
+            oi = origin[li]
+            if oi is None:
+                new_blocks[li] += total
+                continue
+            per_layer[oi] += total
+            if t in per_layer_type[oi]:
+                per_layer_type[oi][t] += total
     llm_total = sum(v for k, v in per_type.items() if k != "adaptor")
-    return {"n_layers": n_layers, "per_layer": per_layer, "per_layer_type": per_layer_type, "per_type": per_type,
-            "param_counts": counts, "llm_total": llm_total, "layer_total": sum(per_layer)}
+    out = {"n_layers": n_layers, "per_layer": per_layer, "per_layer_type": per_layer_type, "per_type": per_type,
+           "param_counts": counts, "llm_total": llm_total, "layer_total": sum(per_layer)}
+    if layer_origin is not None:
+        below = [max((o for o in origin[:i] if o is not None), default=-1) for i in range(len(origin))]
+        out["layer_origin"] = origin
+        out["new_blocks"] = [{"index": i, "after_layer": below[i], "total": v} for i, v in new_blocks.items()]
+    return out
+
+
+def original_name(name: str, layer_origin: list[int | None] | None) -> str | None:
+    """A parameter's name in the original LLM (blocks renumbered to their original index); None for a
+    parameter of an inserted block."""
+    li = layer_of(name)
+    if layer_origin is None or li is None:
+        return name
+    oi = layer_origin[li] if li < len(layer_origin) else li
+    if oi is None:
+        return None
+    return _LAYER.sub(lambda m: m.group(0).replace(f"layers.{li}.", f"layers.{oi}."), name, count=1)

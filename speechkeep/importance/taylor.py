@@ -88,6 +88,11 @@ def compute_importance(model: SpeechLLM, batches: Sequence[Sequence[Query]], con
     meta = {"convention": convention, "n_batches": len(batches), "n_queries": sum(len(b) for b in batches),
             "response_tokens": total_tokens, "seconds": round(time.perf_counter() - t0, 2),
             "loss": "token-weighted NLL of response tokens (sum NLL / total tokens)"}
+    from speechkeep.models.upscaling import layer_origin
+
+    origin = layer_origin(model.llm)
+    if origin is not None:  # an up-scaled LLM: summaries map its blocks to their original index
+        meta["layer_origin"] = origin
     return ImportanceResult(acc, meta)
 
 

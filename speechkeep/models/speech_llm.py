@@ -96,6 +96,9 @@ class Batch:
     """Per row, the spoken query's transcript (:attr:`Query.transcript`; None for text rows or unknown)."""
     tasks: list[str | None] = field(default_factory=list)
     """Per row, the query's training task (:attr:`Query.task`)."""
+    speech_mask: torch.Tensor | None = None
+    """(batch, length) bool, True at speech (adaptor output) positions; None when the batch has no speech.
+    Blocks that act on speech positions only read it (:func:`speechkeep.models.blocks.streaming.speech_positions`)."""
 
 
 @dataclass
@@ -251,12 +254,15 @@ class SpeechLLM(nn.Module):
         pos = torch.zeros(bsz, max_len, dtype=torch.long, device=self.device)
         has_labels = any(q.response is not None for q in queries)
         labels = torch.full((bsz, max_len), IGNORE_INDEX, dtype=torch.long, device=self.device) if has_labels else None
+        speech_mask = torch.zeros(bsz, max_len, dtype=torch.bool, device=self.device) if speech_embeds else None
         for b, (s, ids, lm) in enumerate(zip(seqs, ids_seqs, label_masks)):
             n = s.shape[0]
             sl = slice(max_len - n, max_len) if padding_side == "left" else slice(0, n)
             embeds[b, sl] = s
             attn[b, sl] = 1
             pos[b, sl] = torch.arange(n, device=self.device)
+            if speech_mask is not None:
+                speech_mask[b, sl] = ids.to(self.device) == IGNORE_INDEX
             if labels is not None:
                 lab = ids.to(self.device).clone()
                 lab[~torch.tensor(lm, dtype=torch.bool, device=self.device)] = IGNORE_INDEX
@@ -265,13 +271,19 @@ class SpeechLLM(nn.Module):
         shared = common_token_prefix(ids_seqs) if padding_side == "right" and bsz > 1 else 0
         return Batch(embeds, attn, pos, labels, n_speech, shared,
                      transcripts=[q.transcript if i in speech_embeds else None for i, q in enumerate(queries)],
-                     tasks=[q.task for q in queries])
+                     tasks=[q.task for q in queries], speech_mask=speech_mask)
 
     # ------------------------------------------------------------------ forward
     def hidden_states(self, batch: Batch) -> torch.Tensor:
         """Last hidden states. A prompt prefix shared by every row (the system prompt and the start of
         the user turn: ~25% of a SmolLM2 training sequence) is run once, not once per row; its keys and
         values are repeated over the batch (gradients flow back through the repeat)."""
+        from speechkeep.models.blocks.streaming import speech_positions
+
+        with speech_positions(batch.speech_mask):
+            return self._hidden_states(batch)
+
+    def _hidden_states(self, batch: Batch) -> torch.Tensor:
         dec = self._decoder()
         p, bsz = batch.shared_prefix, batch.inputs_embeds.shape[0]
         if self.share_prefix and p >= MIN_SHARED_PREFIX and bsz > 1:
@@ -352,7 +364,10 @@ class SpeechLLM(nn.Module):
             kwargs.setdefault("temperature", None)
             kwargs.setdefault("top_p", None)
             kwargs.setdefault("top_k", None)
-        out = self.llm.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **kwargs)
+        from speechkeep.models.blocks.streaming import speech_positions
+
+        with speech_positions(batch.speech_mask):
+            out = self.llm.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **kwargs)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     # ------------------------------------------------------------------ transforms, save / load

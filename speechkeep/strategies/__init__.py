@@ -11,8 +11,10 @@ One strategy = one module in this package, registered under its name with :func:
   text and speech (seed 002);
 - ``ctc_align`` (:mod:`.ctc_align`): the speech-alignment objective (CTC of the adaptor's CTC head onto
   the frozen LLM's token embeddings; what ``speechkeep align`` trains).
+- ``upscale``  (:mod:`.upscale`): LLM frozen, new Transformer or E-Branchformer blocks inserted into it
+  and trained (multimodal depth up-scaling, seed 003).
 
-A new strategy (depth up-scaling, ...) is one new module with a :class:`Strategy`
+A new strategy is one new module with a :class:`Strategy`
 subclass and its ``Settings`` dataclass, added to ``BUILTIN`` below (or registered by any imported
 module); ``speechkeep train strategy=NAME NAME.key=value`` picks it. See :mod:`.base` for the hooks.
 """
@@ -25,7 +27,7 @@ from speechkeep.strategies.base import (  # noqa: F401
     STRATEGIES, LossTerms, Strategy, get_strategy, register, strategy_settings, unregister,
 )
 
-BUILTIN = ("adaptor", "full", "lora", "layer_lr", "distill", "ctc_align")
+BUILTIN = ("adaptor", "full", "lora", "layer_lr", "distill", "upscale", "ctc_align")
 """The modules of this package that define strategies (importing them registers them)."""
 
 for _m in BUILTIN:

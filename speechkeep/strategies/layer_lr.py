@@ -8,7 +8,9 @@ where I_layer(i) is the sum of textual importance |g * theta| over block i, meas
 pre-trained model with text input (read from an importance run, or computed at start on a seeded
 1/30 of the training manifest). The most important block trains at (1 - lambda) * base_lr, the least
 important at base_lr. Parameters outside the blocks (embeddings, final norm) use base_lr. One
-optimizer group per block; the scheduler scales all groups by the same factor.
+optimizer group per block; the scheduler scales all groups by the same factor. On an up-scaled LLM
+(``init_from`` a ``strategy=upscale`` model) blocks are mapped to their original index; the inserted
+blocks have no pre-trained importance and train at base_lr.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 from dataclasses import dataclass
 
 from speechkeep.config import Checked, ranged
+from speechkeep.models.upscaling import layer_origin
 from speechkeep.strategies.base import Strategy, register
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class LayerLR(Strategy):
         return [self.settings.importance] if self.settings.importance else []
 
     def layer_importance(self, model) -> list[float]:
+        """Per original layer of the LLM (an up-scaled LLM's inserted blocks are not among them)."""
         from speechkeep.importance.runs import batched, load_summary, queries_from_manifest
         from speechkeep.importance.summary import summarize
         from speechkeep.importance.taylor import compute_importance
@@ -71,8 +75,9 @@ class LayerLR(Strategy):
             queries = queries_from_manifest(self.config.data.train, "text", model, s.fraction, None,
                                             self.config.data.split, seed=self.config.seed)
             res = compute_importance(model, batched(queries, s.batch_size), include_adaptor=False)
-            summary = summarize(res.scores)
-        n = model.llm.config.num_hidden_layers
+            summary = summarize(res.scores, res.meta.get("layer_origin"))
+        origin = layer_origin(model.llm)
+        n = model.llm.config.num_hidden_layers if origin is None else sum(o is not None for o in origin)
         if summary["n_layers"] != n:
             from speechkeep.errors import SpeechkeepError
 
@@ -86,14 +91,23 @@ class LayerLR(Strategy):
         scales = layer_scales(self.layer_importance(model), self.settings.lam)
         self.layer_lrs = [base * s for s in scales]
         groups = [self.adaptor_group(model)]
+        origin = layer_origin(model.llm)
         per_layer: dict[int, list] = {}
+        new_blocks: dict[int, list] = {}
         other = []
         for name, p in model.llm.named_parameters():
             p.requires_grad_(True)
             li = layer_of(name)
+            if li is not None and origin is not None:
+                if origin[li] is None:  # an inserted block of an up-scaled LLM: no pre-trained importance
+                    new_blocks.setdefault(li, []).append(p)
+                    continue
+                li = origin[li]
             (per_layer.setdefault(li, []) if li is not None else other).append(p)
         for li in sorted(per_layer):
             groups.append({"name": f"layer{li}", "params": per_layer[li], "lr": self.layer_lrs[li]})
+        for li in sorted(new_blocks):
+            groups.append({"name": f"new_block{li}", "params": new_blocks[li], "lr": base})
         if other:
             groups.append({"name": "llm_other", "params": other, "lr": base})
         print("layer_lr: per-layer learning rates " + ", ".join(f"{i}:{lr:.2e}" for i, lr in enumerate(self.layer_lrs)))

@@ -1,0 +1,100 @@
+"""What an inserted block needs beyond the LLM's own forward arguments: the number of positions it has
+already seen in an incremental (KV-cached) pass, its causal convolutions' left context, and which
+positions are speech.
+
+- Per-block state lives on the Hugging Face cache object of the pass (``cache.__dict__``), keyed by the
+  block, so it lives and dies with that cache: no cache = a full pass from position 0.
+- Speech positions: :func:`speech_positions` sets a (batch, length) bool mask for the duration of an LLM
+  call (:class:`~speechkeep.models.speech_llm.SpeechLLM` sets it in ``hidden_states`` and ``generate``);
+  positions beyond its length (generated tokens) are text.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from torch import nn
+
+_SPEECH: ContextVar[torch.Tensor | None] = ContextVar("speechkeep_speech_positions", default=None)
+_STATE_KEY = "_speechkeep_block_state"
+
+
+@contextmanager
+def speech_positions(mask: torch.Tensor | None):
+    """Within the block, ``mask`` (batch, length; True = a speech position) is what :func:`speech_mask` reads."""
+    token = _SPEECH.set(mask)
+    try:
+        yield
+    finally:
+        _SPEECH.reset(token)
+
+
+def block_state(cache, block: nn.Module) -> dict | None:
+    """The block's state in ``cache`` (None without a cache; an empty dict on the first call)."""
+    if cache is None:
+        return None
+    states = cache.__dict__.setdefault(_STATE_KEY, {})
+    return states.setdefault(id(block), {})
+
+
+def past_length(state: dict | None) -> int:
+    return 0 if not state else int(state.get("len", 0))
+
+
+def speech_mask(batch: int, past: int, length: int, device) -> torch.Tensor | None:
+    """(batch, length) bool: which of positions [past, past + length) are speech; None when no speech
+    mask is set (every position counts as speech: the block acts everywhere)."""
+    m = _SPEECH.get()
+    if m is None:
+        return None
+    out = torch.zeros(m.shape[0], length, dtype=torch.bool, device=device)
+    if past < m.shape[1]:
+        seen = m[:, past: past + length].to(device)
+        out[:, : seen.shape[1]] = seen
+    if out.shape[0] != batch:
+        if batch < out.shape[0]:  # a shared prompt prefix run once (its rows are identical and text)
+            out = out[:1].expand(batch, -1)
+        elif batch % out.shape[0] == 0:  # rows expanded for generation (num_return_sequences)
+            out = out.repeat_interleave(batch // out.shape[0], dim=0)
+        else:
+            raise ValueError(f"speech positions of {out.shape[0]} rows for a batch of {batch}")
+    return out
+
+
+def valid_positions(attention_mask, q_len: int) -> torch.Tensor | None:
+    """(batch, q_len) bool: positions that are not padding, read from the diagonal of the LLM's 4-D
+    attention mask (a pad position may not attend to itself); None when the mask does not say
+    (no mask, or a kernel-specific mask object)."""
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4 or attention_mask.shape[-2] != q_len:
+        return None
+    kv = attention_mask.shape[-1]
+    if kv < q_len:
+        return None
+    rows = torch.arange(q_len, device=attention_mask.device)
+    diag = attention_mask[:, 0, rows, kv - q_len + rows]
+    return diag if diag.dtype == torch.bool else diag == 0
+
+
+class CausalDepthwiseConv(nn.Module):
+    """Depthwise 1-D convolution over time that sees only the current and the k-1 previous positions
+    (left padding only). In an incremental pass it keeps the last k-1 inputs as its left context."""
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, padding=0, bias=bias)
+
+    def forward(self, x: torch.Tensor, state: dict | None = None, key: str = "conv") -> torch.Tensor:
+        """x: (batch, time, channels) -> same shape; ``state``: the block's cache state (or None)."""
+        k = self.kernel_size
+        prev = state.get(key) if state else None
+        if prev is None:
+            prev = x.new_zeros(x.shape[0], k - 1, x.shape[2])
+        elif prev.shape[0] != x.shape[0]:  # a shared prefix's state, its cache repeated over the batch
+            prev = prev.repeat_interleave(x.shape[0] // prev.shape[0], dim=0)
+        full = torch.cat([prev.to(x.dtype), x], dim=1)
+        if state is not None:
+            state[key] = full[:, full.shape[1] - (k - 1):]
+        return self.conv(full.transpose(1, 2)).transpose(1, 2)
