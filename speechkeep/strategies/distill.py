@@ -128,6 +128,25 @@ def _chunk_divergence(log_s: torch.Tensor, log_t: torch.Tensor, kind: str, tempe
     return per_row, grad.div_(temperature)
 
 
+def _save_gradients(ctx, grads, needs, scale, n, totals):
+    """End of a fused forward: keep the analytic gradients (computed in the forward) for the backward and
+    return the per-student totals scaled by ``scale / n``."""
+    ctx.scale = scale / max(n, 1)
+    ctx.save_for_backward(*[g for g in grads if g is not None])
+    ctx.needs = needs
+    return tuple(t * ctx.scale for t in totals)
+
+
+def _scaled_gradients(ctx, grad_outputs):
+    """Backward of a fused divergence: each student's saved gradient times its output's gradient."""
+    saved = iter(ctx.saved_tensors)
+    out = []
+    for need, g_out in zip(ctx.needs, grad_outputs):
+        g = next(saved) if need else None
+        out.append(None if g is None else g * (g_out * ctx.scale).to(g.dtype))
+    return out
+
+
 class _FusedDivergences(torch.autograd.Function):
     """Divergences of several students' logits from one teacher's, computed chunk by chunk with their
     gradients in the same pass (the teacher's log-softmax once for all students)."""
@@ -148,19 +167,11 @@ class _FusedDivergences(torch.autograd.Function):
                 totals[i] += per_row.sum()
                 if grads[i] is not None:
                     grads[i][a:b] = grad
-        ctx.scale = scale / max(n, 1)
-        ctx.save_for_backward(*[g for g in grads if g is not None])
-        ctx.needs = needs
-        return tuple(t * ctx.scale for t in totals)
+        return _save_gradients(ctx, grads, needs, scale, n, totals)
 
     @staticmethod
     def backward(ctx, *grad_outputs):
-        saved = iter(ctx.saved_tensors)
-        out = []
-        for need, g_out in zip(ctx.needs, grad_outputs):
-            g = next(saved) if need else None
-            out.append(None if g is None else g * (g_out * ctx.scale).to(g.dtype))
-        return (None, None, None, None, *out)
+        return (None, None, None, None, *_scaled_gradients(ctx, grad_outputs))
 
 
 def fused_divergences(students: list[torch.Tensor], teacher_logits: torch.Tensor, kind: str = "forward",
@@ -270,19 +281,11 @@ class _FusedTopK(torch.autograd.Function):
                         coef = -g_sum
                     at_ids = g_b[:, :k] - p.gather(-1, idc) * g_sum
                     grads[i][a:b] = p.mul_(coef).scatter_(-1, idc, at_ids).div_(temperature)
-        ctx.scale = scale / max(n, 1)
-        ctx.save_for_backward(*[g for g in grads if g is not None])
-        ctx.needs = needs
-        return tuple(t * ctx.scale for t in totals)
+        return _save_gradients(ctx, grads, needs, scale, n, totals)
 
     @staticmethod
     def backward(ctx, *grad_outputs):
-        saved = iter(ctx.saved_tensors)
-        out = []
-        for need, g_out in zip(ctx.needs, grad_outputs):
-            g = next(saved) if need else None
-            out.append(None if g is None else g * (g_out * ctx.scale).to(g.dtype))
-        return (None, None, None, None, None, *out)
+        return (None, None, None, None, None, *_scaled_gradients(ctx, grad_outputs))
 
 
 def fused_top_k_divergences(students: list[torch.Tensor], ids: torch.Tensor, teacher_logp: torch.Tensor,
