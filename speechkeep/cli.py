@@ -182,6 +182,62 @@ def cmd_ask(args) -> None:
 
 
 # ---------------------------------------------------------------- train / eval
+# ---------------------------------------------------------------- export
+@dataclass
+class ExportConfig(Checked):
+    """Options of ``speechkeep export``."""
+
+    model: str = ""
+    """A training run directory, a saved SpeechLLM directory, or a shipped front-end spec."""
+    out: str = ""
+    """Directory to write the exported model to."""
+    drop_upscale: bool = False
+    """Remove the blocks strategy=upscale inserted: the LLM is then exactly the base LLM again (the adaptor stays)."""
+    merge_lora: bool = False
+    """Merge the LoRA adapters into the LLM's weights (peft merge_and_unload): a plain LLM that needs no peft to load."""
+    llm_only: bool = False
+    """Write only the LLM and its tokenizer, as a plain Hugging Face directory (AutoModelForCausalLM.from_pretrained loads it); the LLM must have no transform left (drop_upscale, merge_lora)."""
+    overwrite: bool = False
+    """Write into an out directory that is not empty and not a previous `speechkeep export` output."""
+
+
+def cmd_export(args) -> None:
+    from speechkeep.io import OutputDir
+    from speechkeep.models.persistence import check_model_spec, load_speech_llm
+
+    exp, _ = _config(args)
+    check_model_spec(exp.model, "model")
+    guard = OutputDir(exp.out, "export", overwrite=exp.overwrite, inputs=[exp.model], key="out")
+    guard.check()
+    model, _trained = load_speech_llm(exp.model)
+    names = [t["name"] for t in model.transforms]
+    if exp.drop_upscale:
+        if "upscale" not in names:
+            raise UsageError(f"drop_upscale: {exp.model} has no up-scaled blocks (recorded transforms: {', '.join(names) or 'none'})")
+        from speechkeep.models.upscaling import drop_upscale_model
+
+        drop_upscale_model(model)
+    if exp.merge_lora:
+        if not model.is_peft():
+            raise UsageError(f"merge_lora: {exp.model} has no LoRA adapters (recorded transforms: {', '.join(names) or 'none'})")
+        model.llm = model.llm.merge_and_unload()
+        model.transforms = [t for t in model.transforms if t["name"] != "lora"]
+        model.llm_weights_changed = True
+    left = [t["name"] for t in model.transforms]
+    if exp.llm_only and (left or model.is_peft()):
+        raise UsageError(f"llm_only: the LLM still has the transforms {', '.join(left) or 'peft adapters'}: "
+                         "it is not a plain Hugging Face model; add drop_upscale=true and/or merge_lora=true")
+    with guard:
+        if exp.llm_only:
+            model.llm.save_pretrained(exp.out)
+            model.tokenizer.save_pretrained(exp.out)
+            what = "the LLM and its tokenizer (a plain Hugging Face directory)"
+        else:
+            model.save_pretrained(exp.out)
+            what = "a SpeechLLM" + (f" with transforms {', '.join(left)}" if left else "")
+    print(f"exported {exp.model} -> {exp.out}: {what}")
+
+
 def cmd_train(args) -> None:
     from speechkeep.train.loop import train
 
@@ -246,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     _job(p, AskConfig, ["model", Flag("text", kwargs={"action": "append", "nargs": None, "metavar": "QUESTION"}),
                         Flag("audio", kwargs={"action": "append", "nargs": None, "metavar": "FILE"}), "max_new_tokens"])
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("export", help="write a trained model in another form: up-scaled blocks dropped, LoRA merged, LLM only",
+                       description="Export a trained run or saved SpeechLLM: drop_upscale=true recovers the exact base "
+                                   "LLM of an up-scaled model, merge_lora=true merges LoRA into the weights, llm_only=true "
+                                   "writes the LLM as a plain Hugging Face directory.")
+    _job(p, ExportConfig, ["model", "out"])
+    p.set_defaults(func=cmd_export)
 
     from speechkeep.evaluate.run import ALL_TASKS, EvalConfig
     from speechkeep.strategies import STRATEGIES

@@ -5,7 +5,7 @@ import pytest
 from speechkeep.cli import build_parser, main
 
 COMMANDS = ["models", "build", "ask", "data", "train", "eval", "demo", "importance", "deactivate",
-            "importance-compare", "heatmap"]
+            "importance-compare", "heatmap", "export"]
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -103,7 +103,7 @@ def test_eval_without_data_is_a_usage_error(capsys, tmp_path):
 # ---------------------------------------------------------------- one mechanism for every job command
 def _job_commands():
     from speechkeep.align.recipe import AlignConfig
-    from speechkeep.cli import AskConfig, BuildConfig, ModelsConfig
+    from speechkeep.cli import AskConfig, BuildConfig, ExportConfig, ModelsConfig
     from speechkeep.data.build import DataBuildConfig
     from speechkeep.evaluate.run import EvalConfig
     from speechkeep.importance.options import CompareConfig, DeactivateConfig, HeatmapConfig, ImportanceConfig
@@ -118,6 +118,7 @@ def _job_commands():
                               "--max-new-tokens", "2"],
                              ["model=m", "text=[hi there, yo]", "audio=[a.wav]", "max_new_tokens=2"])]),
         "train": (TrainConfig, [(["--overwrite"], ["overwrite=true"])]),
+        "export": (ExportConfig, [(["--model", "m", "--out", "o"], ["model=m", "out=o"])]),
         "eval": (EvalConfig, [(["--tasks", "t2t", "asr", "--ctc-emit", "hard", "--batch-size", "3"],
                                ["tasks=[t2t, asr]", "ctc_emit=hard", "batch_size=3"])]),
         "demo": (DemoConfig, [(["--overwrite"], ["overwrite=true"])]),
