@@ -52,7 +52,7 @@ class DataBuildConfig(Checked):
     """Options of ``speechkeep data build``."""
 
     questions: str = ""
-    """Input questions: a WebQuestions-style JSON array ({qId, qText, answers}), a JSONL file ({id, text, [answers], [response], [audio]} per line), a datasets directory (save_to_disk; an audio column there means no TTS), or webquestions:SPLIT for a WebQuestions split shipped with the package (trainmodel, val, devtest, heldout)."""
+    """Input questions: a WebQuestions-style JSON array ({qId, qText, answers}), a JSONL file ({id, text, [answers], [response], [audio]} per line), a datasets directory (save_to_disk; an audio column there means no TTS), or webquestions:SPLIT for a WebQuestions split shipped with the package (trainmodel, val, devtest, heldout; several joined with +, e.g. webquestions:heldout+devtest = webquestions:clean, the 1,205 clean evaluation questions)."""
     out: str = ""
     """Output directory: manifest.jsonl, audio/<voice>/<id>.wav, build_info.json, caches."""
     limit: int | None = ranged(None, ge=1)
