@@ -1,4 +1,4 @@
-"""``distill``: cross-modal knowledge distillation from the pristine text LLM (seed 002, METHODS.md §4).
+"""``distill``: cross-modal knowledge distillation from the pristine text LLM (seed 002: cross-modal distillation for catastrophic forgetting and modality inequivalence in speech LLMs).
 
 The student (the parameters of ``distill.student``: ``lora``, ``full`` or ``adaptor``) learns the
 target responses (``ce``) while its output distribution over every response token stays close to what

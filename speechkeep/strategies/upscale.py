@@ -1,4 +1,4 @@
-"""``upscale``: multimodal depth up-scaling (seed 003, ../shared/design/METHODS.md §5).
+"""``upscale``: multimodal depth up-scaling (seed 003, "Adapting Text LLMs to Speech via Multimodal Depth Up-Scaling", 2026).
 
 The whole text LLM is frozen; new blocks are inserted into its layer stack and only they (and the
 adaptor) train. A new block is either a copy of its neighbour decoder layer with ``o_proj`` and
