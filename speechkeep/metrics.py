@@ -32,3 +32,24 @@ def corpus_wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     if not keep:
         raise ValueError("every reference is empty after normalization")
     return float(jiwer.wer([refs[i] for i in keep], [hyps[i] for i in keep]))
+
+
+def utterance_errors(references: Sequence[str], hypotheses: Sequence[str]) -> list[tuple[int, int]]:
+    """Per utterance (word edits, reference words) after Whisper normalization, via jiwer's alignment;
+    utterances whose reference is empty after normalization are left out. ``sum(edits) / sum(words)``
+    is :func:`corpus_wer`; the pairs are what a bootstrap of the WER resamples."""
+    import jiwer
+
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    out = []
+    for r, h in zip(references, hypotheses):
+        r, h = whisper_normalize(r), whisper_normalize(h)
+        if not r.strip():
+            continue
+        if not h.strip():
+            out.append((len(r.split()), len(r.split())))
+            continue
+        o = jiwer.process_words(r, h)
+        out.append((o.substitutions + o.deletions + o.insertions, len(r.split())))
+    return out

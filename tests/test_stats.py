@@ -50,3 +50,62 @@ def test_paired_difference_calls_only_real_differences_significant():
     assert c.difference == pytest.approx(0.1) and "significant" in c.describe()
     with pytest.raises(ValueError, match="equal-length"):
         paired_difference([True], [True, False])
+
+
+# --- WER intervals -----------------------------------------------------------------------------------
+
+
+def test_utterance_errors_sum_to_corpus_wer():
+    from speechkeep.metrics import corpus_wer, utterance_errors
+
+    refs = ["who was the first president", "what is the capital of france", "Hello, World!", ""]
+    hyps = ["who is the first president of", "what capital of france", "hello world", "anything"]
+    errs = utterance_errors(refs, hyps)
+    assert len(errs) == 3  # the empty reference is left out, as corpus_wer does
+    assert errs[2] == (0, 2)  # normalization: case and punctuation do not count
+    assert sum(e for e, _ in errs) / sum(w for _, w in errs) == pytest.approx(corpus_wer(refs, hyps))
+    assert utterance_errors(["a b c"], [""]) == [(3, 3)]
+
+
+def test_wer_ci_brackets_the_corpus_wer_and_shrinks_with_n():
+    from speechkeep.evaluate.stats import wer_ci
+
+    rng = np.random.default_rng(1)
+    small = [(int(rng.integers(0, 3)), 6) for _ in range(50)]
+    big = small * 20
+    wer = sum(e for e, _ in small) / sum(w for _, w in small)
+    lo, hi = wer_ci(small)
+    assert lo < wer < hi
+    lo2, hi2 = wer_ci(big)
+    assert lo2 < wer < hi2 and (hi2 - lo2) < (hi - lo) / 3
+    assert wer_ci([(0, 5)] * 10) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        wer_ci([])
+
+
+def test_paired_wer_difference_detects_a_real_gap_and_not_noise():
+    from speechkeep.evaluate.stats import paired_wer_difference
+
+    rng = np.random.default_rng(2)
+    base = [(int(rng.integers(0, 2)), 8) for _ in range(300)]
+    worse = [(e + 1, w) for e, w in base]  # one more edit on every utterance: +12.5 points
+    d = paired_wer_difference(worse, base)
+    assert d.difference == pytest.approx(1 / 8) and d.significant and d.ci_low > 0.1
+    same = paired_wer_difference(base, base)
+    assert same.difference == 0 and not same.significant
+    with pytest.raises(ValueError, match="same utterances"):
+        paired_wer_difference(base, base[:-1])
+
+
+def test_degradation_reduction_matches_its_definition():
+    from speechkeep.evaluate.stats import degradation_reduction
+
+    base = [True] * 200 + [False] * 800
+    full = [True] * 100 + [False] * 900  # drop 10 points
+    x = [True] * 175 + [False] * 825  # drop 2.5 points: 75% less
+    r = degradation_reduction(base, full, x)
+    assert r.drop_full == pytest.approx(0.10) and r.drop_x == pytest.approx(0.025)
+    assert r.reduction == pytest.approx(0.75)
+    assert r.ci_low < 0.75 < r.ci_high and r.undefined_fraction == 0
+    assert degradation_reduction(base, base, x).reduction is None  # full did not degrade: undefined
+    assert degradation_reduction(base, full, full).reduction == pytest.approx(0.0)

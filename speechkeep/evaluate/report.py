@@ -32,6 +32,38 @@ def outcomes(eval_dir: str | Path, task: str) -> dict[str, bool]:
     return out
 
 
+def asr_errors(eval_dir: str | Path, task: str = "asr") -> dict[str, tuple[int, int]]:
+    """Per-utterance ``(word edits, reference words)`` of an evaluation's ASR hypotheses (task ``asr``, or
+    ``asr_ctc`` for the front-end's own CTC transcript): id -> pair, for :func:`paired_wer`."""
+    from speechkeep.metrics import utterance_errors
+
+    path = Path(eval_dir) / "predictions.jsonl"
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row.get("task") == task:
+                rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no {task!r} hypotheses")
+    keep = [r for r in rows if r["reference"].strip()]
+    errs = utterance_errors([r["reference"] for r in keep], [r["hypothesis"] for r in keep])
+    if len(errs) != len(keep):  # a reference empty after normalization: match by recomputing one by one
+        errs = [utterance_errors([r["reference"]], [r["hypothesis"]]) for r in keep]
+        return {r["id"]: e[0] for r, e in zip(keep, errs) if e}
+    return {r["id"]: e for r, e in zip(keep, errs)}
+
+
+def paired_wer(a: dict[str, tuple[int, int]], b: dict[str, tuple[int, int]]):
+    """:func:`speechkeep.evaluate.stats.paired_wer_difference` of two :func:`asr_errors` on the same utterances."""
+    from speechkeep.evaluate.stats import paired_wer_difference
+
+    ids = [i for i in a if i in b]
+    if len(ids) != len(a) or len(ids) != len(b):
+        raise ValueError(f"paired WER needs the same utterances: {len(a)} vs {len(b)}, {len(ids)} in common")
+    return paired_wer_difference([a[i] for i in ids], [b[i] for i in ids])
+
+
 def paired(a: dict[str, bool], b: dict[str, bool]):
     """:func:`speechkeep.evaluate.stats.paired_difference` of two :func:`outcomes` on their common questions."""
     from speechkeep.evaluate.stats import paired_difference
@@ -51,7 +83,9 @@ def format_metrics(m: dict) -> str:
                          f"95% bootstrap interval in brackets){extra}")
     if "asr" in m:
         ctc = f"; the front-end's own CTC transcript {100 * m['asr']['ctc_wer']:.1f}%" if "ctc_wer" in m["asr"] else ""
-        lines.append(f"  asr      WER {100 * m['asr']['wer']:.1f}% (LLM-written){ctc}")
+        ci = m["asr"].get("ci95")
+        ci = f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""
+        lines.append(f"  asr      WER {100 * m['asr']['wer']:.1f}%{ci} (LLM-written){ctc}")
     if "ppl" in m:
         num = lambda x: "not finite" if x is None else f"{x:.2f}"  # noqa: E731
         sp = f", speech input {num(m['ppl']['speech'])}" if "speech" in m["ppl"] else ""

@@ -152,6 +152,14 @@ def transcribe_whisper(encoder_spec: str, audio_paths: list[str], batch_size: in
     return out
 
 
+def _wer_ci(references: list[str], hypotheses: list[str]) -> list[float]:
+    """95% bootstrap interval of the corpus WER (utterances resampled)."""
+    from speechkeep.evaluate.stats import wer_ci
+    from speechkeep.metrics import utterance_errors
+
+    return list(wer_ci(utterance_errors(references, hypotheses)))
+
+
 def _acc(flags: list[bool]) -> dict:
     from speechkeep.evaluate.stats import bootstrap_ci
 
@@ -285,6 +293,7 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
         ans = generate_all(model, [Query(text=t) for t in transcripts], cfg.batch_size, cfg.max_new_tokens, "cascade")
         metrics["cascade"] = record("cascade", ans, transcripts)
         metrics["cascade"]["asr_wer"] = corpus_wer([it.text for it in items], transcripts)
+        metrics["cascade"]["asr_wer_ci95"] = _wer_ci([it.text for it in items], transcripts)
     if "asr" in tasks:
         from speechkeep.metrics import corpus_wer
 
@@ -292,13 +301,15 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
                             cfg.batch_size, cfg.asr_max_new_tokens, "asr")
         for it, h in zip(items, hyps):
             preds.append({"task": "asr", "id": it.id, "reference": it.text, "hypothesis": h})
-        metrics["asr"] = {"wer": corpus_wer([it.text for it in items], hyps), "n": len(items),
+        metrics["asr"] = {"wer": corpus_wer([it.text for it in items], hyps),
+                          "ci95": _wer_ci([it.text for it in items], hyps), "n": len(items),
                           "instruction": cfg.asr_instruction}
         if getattr(model.adaptor, "is_ctc", False):  # the aligned front-end's own transcript
             ctc_hyps = model.ctc_transcribe(feats)
             for it, h in zip(items, ctc_hyps):
                 preds.append({"task": "asr_ctc", "id": it.id, "reference": it.text, "hypothesis": h})
             metrics["asr"]["ctc_wer"] = corpus_wer([it.text for it in items], ctc_hyps)
+            metrics["asr"]["ctc_wer_ci95"] = _wer_ci([it.text for it in items], ctc_hyps)
     if "ppl" in tasks:
         scored = [it for it in items if it.response]
         if not scored:

@@ -100,6 +100,119 @@ def paired_difference(a: Sequence[bool], b: Sequence[bool], confidence: float = 
                             significant=p < 1 - confidence)
 
 
+def wer_ci(errors: Sequence[tuple[int, int]], confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+           seed: int = SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval of a corpus WER from per-utterance ``(edits, reference words)``
+    (:func:`speechkeep.metrics.utterance_errors`): utterances are resampled and the WER of each
+    resample is total edits / total words."""
+    e, w = _errors(errors)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, e.size, size=(n_resamples, e.size))
+    stats = e[idx].sum(1) / np.maximum(w[idx].sum(1), 1)
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+@dataclass(frozen=True)
+class PairedWer:
+    """Model A's WER against model B's on the same utterances."""
+
+    n: int
+    wer_a: float
+    wer_b: float
+    difference: float
+    """wer_a - wer_b."""
+    ci_low: float
+    ci_high: float
+    """Paired percentile-bootstrap interval of the difference (utterances resampled together)."""
+    significant: bool
+    """The interval excludes 0."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        verdict = "significant" if self.significant else "not significant"
+        return (f"WER {100 * self.difference:+.1f} points (95% CI {100 * self.ci_low:+.1f} to {100 * self.ci_high:+.1f}, "
+                f"paired bootstrap over {self.n} utterances: {verdict})")
+
+
+def paired_wer_difference(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]], confidence: float = CONFIDENCE,
+                          n_resamples: int = N_RESAMPLES, seed: int = SEED) -> PairedWer:
+    """Compare two systems' WER on the same utterances (same order; ``(edits, words)`` per utterance)."""
+    ea, wa = _errors(a)
+    eb, wb = _errors(b)
+    if ea.shape != eb.shape or not np.array_equal(wa, wb):
+        raise ValueError("paired WER needs the same utterances (same reference word counts) in the same order")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, ea.size, size=(n_resamples, ea.size))
+    words = np.maximum(wa[idx].sum(1), 1)
+    d = (ea[idx].sum(1) - eb[idx].sum(1)) / words
+    alpha = (1 - confidence) / 2
+    low, high = float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))
+    w = max(int(wa.sum()), 1)
+    return PairedWer(n=int(ea.size), wer_a=float(ea.sum() / w), wer_b=float(eb.sum() / w),
+                     difference=float((ea.sum() - eb.sum()) / w), ci_low=low, ci_high=high,
+                     significant=not (low <= 0.0 <= high))
+
+
+@dataclass(frozen=True)
+class DegradationReduction:
+    """Seed 003's degradation reduction of a strategy X against full fine-tuning on the same questions:
+    (drop_full - drop_X) / drop_full, where drop = base accuracy - accuracy (T2T)."""
+
+    n: int
+    drop_full: float
+    drop_x: float
+    reduction: float | None
+    """None when full fine-tuning did not degrade (drop_full <= 0): the ratio is undefined."""
+    ci_low: float | None
+    ci_high: float | None
+    """Percentile interval over paired bootstrap resamples of the questions where drop_full > 0."""
+    undefined_fraction: float
+    """Share of resamples where drop_full <= 0 (left out of the interval); large values mean the interval is not trustworthy."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        if self.reduction is None:
+            return f"undefined: full fine-tuning did not lower the accuracy (drop {100 * self.drop_full:+.1f} points)"
+        ci = "" if self.ci_low is None else f" (95% CI {100 * self.ci_low:.0f}% to {100 * self.ci_high:.0f}%)"
+        note = f"; {100 * self.undefined_fraction:.0f}% of resamples had no full-FT drop" if self.undefined_fraction > 0.01 else ""
+        return (f"{100 * self.reduction:.0f}%{ci}: drop {100 * self.drop_x:.1f} vs full's {100 * self.drop_full:.1f} points{note}")
+
+
+def degradation_reduction(base: Sequence[bool], full: Sequence[bool], x: Sequence[bool], confidence: float = CONFIDENCE,
+                          n_resamples: int = N_RESAMPLES, seed: int = SEED) -> DegradationReduction:
+    """:class:`DegradationReduction` from per-question outcomes of the base model, full fine-tuning and X."""
+    b, f = _paired(base, full)
+    _, xx = _paired(base, x)
+    b, f, xx = (v.astype(np.float64) for v in (b, f, xx))
+    drop_full, drop_x = float(b.mean() - f.mean()), float(b.mean() - xx.mean())
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, b.size, size=(n_resamples, b.size))
+    df = b[idx].mean(1) - f[idx].mean(1)
+    dx = b[idx].mean(1) - xx[idx].mean(1)
+    ok = df > 0
+    red = (df[ok] - dx[ok]) / df[ok]
+    alpha = (1 - confidence) / 2
+    lo, hi = (float(np.quantile(red, alpha)), float(np.quantile(red, 1 - alpha))) if red.size else (None, None)
+    point = (drop_full - drop_x) / drop_full if drop_full > 0 else None
+    return DegradationReduction(n=int(b.size), drop_full=drop_full, drop_x=drop_x, reduction=point,
+                                ci_low=lo if point is not None else None, ci_high=hi if point is not None else None,
+                                undefined_fraction=float(1 - ok.mean()))
+
+
+def _errors(errors: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(errors, dtype=np.float64).reshape(-1, 2)
+    if x.shape[0] == 0:
+        raise ValueError("a WER interval needs at least one utterance")
+    if (x < 0).any():
+        raise ValueError("edits and word counts must be >= 0")
+    return x[:, 0], x[:, 1]
+
+
 def _paired(a: Sequence[bool], b: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if a.shape != b.shape or a.ndim != 1:
