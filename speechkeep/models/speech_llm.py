@@ -290,11 +290,12 @@ class SpeechLLM(nn.Module):
             from transformers import DynamicCache
 
             cache = DynamicCache(config=self.llm.config)
+            kw = {_cache_kwarg(dec): cache}
             pre = dec(inputs_embeds=batch.inputs_embeds[:1, :p], attention_mask=batch.attention_mask[:1, :p],
-                      position_ids=batch.position_ids[:1, :p], past_key_values=cache, use_cache=True)
+                      position_ids=batch.position_ids[:1, :p], use_cache=True, **kw)
             cache.batch_repeat_interleave(bsz)
             rest = dec(inputs_embeds=batch.inputs_embeds[:, p:], attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids[:, p:], past_key_values=cache, use_cache=True)
+                       position_ids=batch.position_ids[:, p:], use_cache=True, **kw)
             return torch.cat([pre.last_hidden_state.expand(bsz, -1, -1), rest.last_hidden_state], dim=1)
         out = dec(
             inputs_embeds=batch.inputs_embeds,
@@ -399,3 +400,11 @@ class SpeechLLM(nn.Module):
         from speechkeep.models.persistence import load
 
         return load(path, device=device, dtype=dtype)
+
+
+def _cache_kwarg(decoder) -> str:
+    """The decoder's name for its KV cache argument: ``cache`` (transformers >= 5.x, where
+    ``past_key_values`` is deprecated) or ``past_key_values`` (older versions and some architectures)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
