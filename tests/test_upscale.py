@@ -94,6 +94,20 @@ def test_identity_renumbering_and_cached_generation(arch, block):
     b = llm.generate(ids[:1], max_new_tokens=12, do_sample=False, use_cache=False)
     assert a.shape[1] == 24 and torch.equal(a, b)
 
+    # beam search and batch edits reorder, repeat or select the cache's rows: the blocks' state follows
+    with torch.no_grad():
+        cache = DynamicCache(config=llm.config)
+        llm(ids[:, :8], cache=cache, use_cache=True)
+        cache.reorder_cache(torch.tensor([1, 0]))
+        step = llm(ids[[1, 0], 8:9], cache=cache, use_cache=True).logits
+        torch.testing.assert_close(step, llm(ids[[1, 0], :9]).logits[:, -1:], rtol=1e-5, atol=1e-5)
+        cache.batch_repeat_interleave(2)
+        step = llm(ids[[1, 1, 0, 0], 9:10], cache=cache, use_cache=True).logits
+        torch.testing.assert_close(step, llm(ids[[1, 1, 0, 0], :10]).logits[:, -1:], rtol=1e-5, atol=1e-5)
+        cache.batch_select_indices(torch.tensor([2]))
+        step = llm(ids[[0], 10:11], cache=cache, use_cache=True).logits
+        torch.testing.assert_close(step, llm(ids[[0], :11]).logits[:, -1:], rtol=1e-5, atol=1e-5)
+
     drop_upscale(llm)  # the exact base LLM again
     assert llm.config.num_hidden_layers == 4 and layer_origin(llm) is None
     assert [l.self_attn.layer_idx for l in llm.model.layers] == list(range(4))
@@ -162,6 +176,9 @@ def test_speech_llm_identity_and_cached_generation(block, tiny_speech_llm_factor
     cached = m.generate(qs, max_new_tokens=10)
     assert cached == m.generate(qs, max_new_tokens=10, use_cache=False)
     assert cached != base.generate(qs, max_new_tokens=10)
+    # beam search reorders the cache every step: the blocks' convolution state must follow its beams
+    beams = m.generate(qs, max_new_tokens=10, num_beams=3)
+    assert beams == m.generate(qs, max_new_tokens=10, num_beams=3, use_cache=False)
     # a prompt prefix shared by a batch (run once, its cache repeated) gives the per-row logits
     batch = [Query(text="What is the capital of France?", response="Paris."), Query(audio=tone, response="Hello.")]
     with torch.no_grad():
@@ -339,3 +356,22 @@ def test_real_gemma3_identity_after_insertion(whisper_encoder, tone):
         drop_upscale(base.llm)
         base.transforms.clear()
         assert base.llm.config.layer_types == types
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_cache_crop_rewinds_transformer_blocks_and_refuses_convolutions(block):
+    llm = ARCHS["llama"]()
+    upscale(llm, {"block": block, "after": [1]})
+    perturb(llm)
+    ids = torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cache = DynamicCache(config=llm.config)
+        llm(ids[:, :10], cache=cache, use_cache=True)
+        if block == "ebranchformer":
+            with pytest.raises(NotImplementedError, match="cannot be cropped"):
+                cache.crop(-3)
+            return
+        cache.crop(-3)  # speculative decoding rejected 3 tokens
+        assert cache.get_seq_length() == 7
+        step = llm(ids[:, 7:8], cache=cache, use_cache=True).logits
+        torch.testing.assert_close(step, llm(ids[:, :8]).logits[:, -1:], rtol=1e-5, atol=1e-5)

@@ -35,8 +35,52 @@ def block_state(cache, block: nn.Module) -> dict | None:
     """The block's state in ``cache`` (None without a cache; an empty dict on the first call)."""
     if cache is None:
         return None
-    states = cache.__dict__.setdefault(_STATE_KEY, {})
+    states = cache.__dict__.get(_STATE_KEY)
+    if states is None:
+        states = cache.__dict__[_STATE_KEY] = {}
+        _follow_row_edits(cache, states)
     return states.setdefault(id(block), {})
+
+
+def _follow_row_edits(cache, states: dict) -> None:
+    """Make the cache's row edits (beam search's ``reorder_cache``, ``batch_repeat_interleave``,
+    ``batch_select_indices``) apply to the blocks' state tensors too (dim 0 is the batch), and make
+    ``crop`` (assisted decoding) a clear error: a convolution's left context cannot be rewound."""
+
+    def rows(fn):
+        for st in states.values():
+            for k, v in list(st.items()):
+                if isinstance(v, torch.Tensor):
+                    st[k] = fn(v)
+
+    def wrap(name, edit):
+        orig = getattr(cache, name, None)
+        if orig is None:
+            return
+
+        def method(arg):
+            orig(arg)
+            rows(lambda v: edit(v, arg))
+
+        setattr(cache, name, method)
+
+    wrap("reorder_cache", lambda v, idx: v.index_select(0, idx.to(v.device)))
+    wrap("batch_repeat_interleave", lambda v, n: v.repeat_interleave(n, dim=0))
+    wrap("batch_select_indices", lambda v, idx: v[idx.to(v.device)])
+    if getattr(cache, "crop", None) is not None:
+        orig_crop = cache.crop
+
+        def crop(n):
+            if any(isinstance(v, torch.Tensor) for st in states.values() for v in st.values()):
+                raise NotImplementedError("this up-scaled LLM's cache cannot be cropped (assisted/speculative decoding): "
+                                          "its E-Branchformer convolutions' left context cannot be rewound")
+            orig_crop(n)
+            length = cache.get_seq_length()
+            for st in states.values():
+                if "len" in st:
+                    st["len"] = length
+
+        cache.crop = crop
 
 
 def past_length(state: dict | None) -> int:
