@@ -10,7 +10,8 @@ Presets:
 - ``upscale`` (issue 15, seed 003): full and lora vs upscale transformer interleaved, ebranchformer
   interleaved and ebranchformer top, trained on spoken QA + ASR (as the seed trains on ASR); evaluated
   on T2T, S2T, ASR WER and perplexity; paired tests against ``full`` and No-FT and the seed's
-  degradation reduction (drop_full - drop_X) / drop_full with its bootstrap interval.
+  degradation reduction (drop_full - drop_X) / drop_full with its bootstrap interval; last, ebranchformer
+  with ``upscale.speech_only=true`` (text input = the base LLM by construction: what does it cost S2T?).
 
 Every cell (data build, evaluation, training run) is resumable and skipped when finished, so a killed
 run is restarted with the same command. ``--reuse DIR`` takes the data and No-FT cells of another
@@ -48,13 +49,18 @@ CELLS = {
     "upscale_ebranchformer_top": ("upscale, 8 E-Branchformer blocks on top",
                                   ["strategy=upscale", "upscale.block=ebranchformer", "upscale.placement=top",
                                    "upscale.lr={upscale_lr}"]),
+    "upscale_ebranchformer_speech_only": ("upscale, 8 E-Branchformer blocks interleaved, speech positions only",
+                                          ["strategy=upscale", "upscale.block=ebranchformer",
+                                           "upscale.placement=interleaved", "upscale.speech_only=true",
+                                           "upscale.lr={upscale_lr}"]),
 }
 
 PRESETS = {
     "distill": dict(title="lora vs distill vs full (issue 14)", cells=["lora", "distill", "distill_t2t", "full"],
                     train_tasks="{qa: 1}", eval_tasks=["t2t", "s2t", "ppl"], reference="lora"),
     "upscale": dict(title="multimodal depth up-scaling vs full and lora (issue 15, seed 003)",
-                    cells=["upscale_ebranchformer", "full", "upscale_transformer", "lora", "upscale_ebranchformer_top"],
+                    cells=["upscale_ebranchformer", "full", "upscale_transformer", "lora", "upscale_ebranchformer_top",
+                           "upscale_ebranchformer_speech_only"],
                     train_tasks="{qa: 1, asr: 1}", eval_tasks=["t2t", "s2t", "asr", "ppl"], reference="full"),
 }
 
