@@ -157,6 +157,7 @@ KNOWN_OUTPUTS: dict[str, tuple[str, ...]] = {
     "deactivate": ("deactivation.json",),
     "importance-compare": ("shift.json",),
     "heatmap": ("heatmaps.json",),
+    "restore": ("restore.json", "curve.json"),
     "align": ("report.json", "corpus/manifest.jsonl", "corpus/audio", "ctc/metrics.csv", "eval/manifest.jsonl"),
     "align-export": ("CARD.md",),
     "demo": ("report.md", "demo_summary.json", "data/train/audio", "data/train/manifest.jsonl"),

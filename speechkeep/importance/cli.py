@@ -1,4 +1,4 @@
-"""CLI: ``speechkeep importance``, ``deactivate``, ``importance-compare``, ``heatmap``.
+"""CLI: ``speechkeep importance``, ``deactivate``, ``importance-compare``, ``heatmap``, ``restore``.
 
 Each takes ``[CONFIG.yaml] [key=value ...]`` of its config dataclass (:mod:`speechkeep.importance.options`),
 its ``--help`` is generated from it, and its flags are aliases of those keys (``--batch-size 4`` =
@@ -216,3 +216,20 @@ def add_importance_parsers(sub) -> None:
                                    "between two models, each with a number (concentration score, low-rank energy).")
     add_config_arguments(p, HeatmapConfig, ["importance", "before", "after", "matrices", "layer", "top", "rows", "out"])
     p.set_defaults(func=cmd_heatmap)
+
+    from speechkeep.importance.restore import RestoreConfig
+
+    p = sub.add_parser("restore", help="put the top p% textually important LLM weights back to their pre-trained values",
+                       description="Importance-guided restoration after speech fine-tuning: the top p% of the LLM's "
+                                   "parameters by the pre-trained LLM's textual importance go back to their pre-trained "
+                                   "values (alpha=1) or part of the way (theta = alpha*pre + (1-alpha)*ft), with no "
+                                   "retraining. Writes a loadable SpeechLLM; sweep=[0.5,1,3,10] with data=... evaluates "
+                                   "a series and writes the curve of T2T recovered vs S2T lost. Resumable.")
+    add_config_arguments(p, RestoreConfig, ["run", "importance", "fraction", "alpha", "out", "sweep", "data", "limit"])
+    p.set_defaults(func=cmd_restore)
+
+
+def cmd_restore(args) -> None:
+    from speechkeep.importance.restore import run_restore
+
+    run_restore(_options(args))

@@ -1,0 +1,141 @@
+"""Importance-guided restoration (speechkeep restore) on tiny random models."""
+
+import json
+
+import pytest
+import torch
+
+from speechkeep.errors import UsageError
+from speechkeep.importance.restore import RestoreConfig, restore_weights, run_restore, selected_masks
+from speechkeep.importance.runs import save_importance
+from speechkeep.importance.taylor import compute_importance
+from speechkeep.models.speech_llm import Query, SpeechLLM
+
+QA = [("What is the capital of France?", "Paris."), ("Who wrote Hamlet?", "Shakespeare wrote it."),
+      ("Name a color.", "Blue is a color."), ("What is two plus two?", "Four.")]
+
+
+def _finetune(model: SpeechLLM, seed: int = 3, scale: float = 0.05) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.llm.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_speech_llm_factory, tmp_path_factory):
+    """A pre-trained tiny model's importance run and a 'fine-tuned' copy saved as a SpeechLLM."""
+    root = tmp_path_factory.mktemp("restore")
+    base = tiny_speech_llm_factory()
+    qs = [Query(text=q, response=r) for q, r in QA]
+    res = compute_importance(base, [qs[:2], qs[2:]], include_adaptor=True, progress=False)
+    save_importance(root / "imp", res.scores, res.meta)
+    ft = tiny_speech_llm_factory()
+    _finetune(ft)
+    ft.llm_weights_changed = True
+    ft.save_pretrained(root / "ft")
+    pre = {n: p.detach().clone() for n, p in base.llm.named_parameters()}
+    return root, res.scores, pre
+
+
+def _llm_params(path):
+    m = SpeechLLM.from_pretrained(path)
+    return {n: p.detach() for n, p in m.llm.named_parameters()}
+
+
+def test_selected_masks_endpoints_and_share():
+    scores = {"a": torch.arange(100.0).view(10, 10), "b": torch.arange(100.0, 200.0)}
+    assert selected_masks(scores, 0) == {}
+    assert all(m.all() for m in selected_masks(scores, 100).values())
+    m = selected_masks(scores, 10)  # the top 10% of 200 entries: the 20 largest, all in b
+    assert int(m["a"].sum()) == 0 and int(m["b"].sum()) == 20 and bool(m["b"][-20:].all())
+
+
+def test_restore_endpoints(setup, tiny_speech_llm_factory):
+    root, scores, pre = setup
+    ft = SpeechLLM.from_pretrained(root / "ft")
+    before = {n: p.detach().clone() for n, p in ft.llm.named_parameters()}
+    counts = restore_weights(ft.llm, pre, scores, 0.0)
+    assert counts["restored"] == 0
+    for n, p in ft.llm.named_parameters():
+        assert torch.equal(p, before[n])  # p = 0 changes nothing
+    counts = restore_weights(ft.llm, pre, scores, 100.0)
+    assert counts["restored"] == counts["scored"] == sum(p.numel() for p in ft.llm.parameters())
+    for n, p in ft.llm.named_parameters():
+        assert torch.equal(p, pre[n])  # p = 100%: the pre-trained LLM exactly
+
+
+def test_restore_selects_by_importance_and_interpolates(setup):
+    root, scores, pre = setup
+    ft = SpeechLLM.from_pretrained(root / "ft")
+    before = {n: p.detach().clone() for n, p in ft.llm.named_parameters()}
+    counts = restore_weights(ft.llm, pre, scores, 5.0, alpha=0.25)
+    n_llm = sum(p.numel() for p in ft.llm.parameters())
+    assert abs(counts["restored"] - 0.05 * n_llm) <= 0.001 * n_llm + 5
+    masks = selected_masks({n: s for n, s in scores.items() if not n.startswith("adaptor.")}, 5.0)
+    top_min = min(float(scores[n][m].min()) for n, m in masks.items() if m.any())
+    for n, p in ft.llm.named_parameters():
+        m = masks[n]
+        torch.testing.assert_close(p[m], 0.25 * pre[n][m] + 0.75 * before[n][m])
+        assert torch.equal(p[~m], before[n][~m])  # the rest keeps its fine-tuned value
+        if (~m).any():
+            assert float(scores[n][~m].max()) <= top_min  # what was restored is the most important
+
+
+def test_restore_command_writes_a_loadable_model(setup, tmp_path):
+    root, scores, pre = setup
+    info = run_restore(RestoreConfig(run=str(root / "ft"), importance=str(root / "imp"), fraction=100, out=str(tmp_path / "r")))
+    assert info["restored"] == info["scored"]
+    got = _llm_params(tmp_path / "r")
+    for n, p in got.items():
+        assert torch.equal(p, pre[n])
+    assert json.loads((tmp_path / "r" / "restore.json").read_text())["fraction_percent"] == 100
+    with pytest.raises(UsageError, match="importance"):
+        run_restore(RestoreConfig(run=str(root / "ft"), out=str(tmp_path / "x")))
+
+
+def test_restore_merges_lora_and_refuses_upscale(setup, tiny_speech_llm_factory, tmp_path):
+    root, scores, pre = setup
+    m = tiny_speech_llm_factory()
+    m.apply_transform("lora", {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]})
+    with torch.no_grad():
+        for n, p in m.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    m.save_pretrained(tmp_path / "lora")
+    run_restore(RestoreConfig(run=str(tmp_path / "lora"), importance=str(root / "imp"), fraction=100, out=str(tmp_path / "r")))
+    loaded = SpeechLLM.from_pretrained(tmp_path / "r")
+    assert not loaded.is_peft()
+    for n, p in loaded.llm.named_parameters():
+        assert torch.equal(p, pre[n])  # the merged LoRA delta is undone entirely at p = 100%
+    up = tiny_speech_llm_factory()
+    up.apply_transform("upscale", {"block": "transformer", "after": [0]})
+    up.save_pretrained(tmp_path / "up")
+    with pytest.raises(UsageError, match="nothing to restore"):
+        run_restore(RestoreConfig(run=str(tmp_path / "up"), importance=str(root / "imp"), out=str(tmp_path / "r2")))
+
+
+def test_restore_sweep_writes_a_curve_and_resumes(setup, tmp_path, tone):
+    import soundfile as sf
+
+    root, scores, pre = setup
+    rows = []
+    for i, (q, a) in enumerate(QA):
+        sf.write(tmp_path / f"q{i}.wav", tone, 16000)
+        rows.append({"id": f"q{i}", "text": q, "answers": [a.rstrip(".")], "audio": f"q{i}.wav", "sample_rate": 16000,
+                     "duration": len(tone) / 16000, "voice": "tone"})
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = RestoreConfig(run=str(root / "ft"), importance=str(root / "imp"), out=str(tmp_path / "sweep"),
+                        sweep=[1, 100], data=str(tmp_path / "manifest.jsonl"), max_new_tokens=4)
+    res = run_restore(cfg)
+    assert [c["fraction_percent"] for c in res["curve"]] == [0.0, 1.0, 100.0]
+    assert res["curve"][0]["restored"] == 0 and res["curve"][2]["restored"] == res["curve"][2]["scored"]
+    for name in ("curve.json", "curve.csv", "curve.png"):
+        assert (tmp_path / "sweep" / name).stat().st_size > 0
+    assert "t2t_recovered" in res["curve"][1] and "s2t_lost" in res["curve"][1]
+    got = _llm_params(tmp_path / "sweep" / "p100" / "model")
+    assert all(torch.equal(p, pre[n]) for n, p in got.items())
+    stamp = (tmp_path / "sweep" / "p1" / "eval" / "metrics.json").stat().st_mtime_ns
+    again = run_restore(cfg)  # a finished point is not recomputed
+    assert (tmp_path / "sweep" / "p1" / "eval" / "metrics.json").stat().st_mtime_ns == stamp
+    assert again["curve"] == json.loads((tmp_path / "sweep" / "curve.json").read_text())["curve"]
