@@ -62,7 +62,8 @@ NEEDS = {"ctc_align": {"model.adaptor.output": "ctc", "model.adaptor.ctc_vocab_s
 
 
 # Extra settings a strategy is also run with (one case each, beside its defaults).
-VARIANTS = {"upscale": [{"upscale.block": "ebranchformer"}, {"upscale.speech_only": "true", "upscale.placement": "bottom"}]}
+VARIANTS = {"anchor": [{"anchor.student": "layer_lr"}],
+            "upscale": [{"upscale.block": "ebranchformer"}, {"upscale.speech_only": "true", "upscale.placement": "bottom"}]}
 CASES = [(n, {}) for n in sorted(STRATEGIES)] + [(n, v) for n in sorted(VARIANTS) if n in STRATEGIES for v in VARIANTS[n]]
 
 

@@ -12,7 +12,9 @@ One strategy = one module in this package, registered under its name with :func:
 - ``ctc_align`` (:mod:`.ctc_align`): the speech-alignment objective (CTC of the adaptor's CTC head onto
   the frozen LLM's token embeddings; what ``speechkeep align`` trains).
 - ``upscale``  (:mod:`.upscale`): LLM frozen, new Transformer or E-Branchformer blocks inserted into it
-  and trained (multimodal depth up-scaling, seed 003).
+  and trained (multimodal depth up-scaling, seed 003);
+- ``anchor``   (:mod:`.anchor`): a full | layer_lr student + an L2 pull toward the pre-trained weights
+  weighted by their textual importance (EWC-style; beyond the seeds).
 
 A new strategy is one new module with a :class:`Strategy`
 subclass and its ``Settings`` dataclass, added to ``BUILTIN`` below (or registered by any imported
@@ -27,7 +29,7 @@ from speechkeep.strategies.base import (  # noqa: F401
     STRATEGIES, LossTerms, Strategy, get_strategy, register, strategy_settings, unregister,
 )
 
-BUILTIN = ("adaptor", "full", "lora", "layer_lr", "distill", "upscale", "ctc_align")
+BUILTIN = ("adaptor", "full", "lora", "layer_lr", "distill", "upscale", "ctc_align", "anchor")
 """The modules of this package that define strategies (importing them registers them)."""
 
 for _m in BUILTIN:
