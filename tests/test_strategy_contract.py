@@ -62,7 +62,7 @@ NEEDS = {"ctc_align": {"model.adaptor.output": "ctc", "model.adaptor.ctc_vocab_s
 
 
 # Extra settings a strategy is also run with (one case each, beside its defaults).
-VARIANTS = {"anchor": [{"anchor.student": "layer_lr"}],
+VARIANTS = {"anchor": [{"anchor.student": "layer_lr"}], "lora": [{"lora.placement": "importance", "lora.r": "2"}],
             "upscale": [{"upscale.block": "ebranchformer"}, {"upscale.speech_only": "true", "upscale.placement": "bottom"}]}
 CASES = [(n, {}) for n in sorted(STRATEGIES)] + [(n, v) for n in sorted(VARIANTS) if n in STRATEGIES for v in VARIANTS[n]]
 
@@ -114,8 +114,12 @@ def test_every_strategy_trains_saves_and_reloads_identically(name, extra, manife
     if name == "ctc_align":  # the CTC head got its vocabulary from the transcripts, and it is saved
         assert saved["config"]["adaptor"]["ctc_vocab_size"] == int(again.adaptor.ctc_vocab.numel()) > 1
         assert again.adaptor.has_ctc_vocabulary()
-    if name == "lora":  # unmerged LoRA is a recorded transform, its weights only (not the base LLM's)
+    if name == "lora" and not extra:  # unmerged LoRA is a recorded transform, its weights only (not the base LLM's)
         assert saved["transforms"] == [{"name": "lora", "settings": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
                                                                       "target_modules": cfg.lora.target_modules}}]
+    if name == "lora":
         assert saved["llm_weights"] == "transforms"
+    if extra.get("lora.placement") == "importance":  # per-block ranks are part of the recorded transform
+        settings = saved["transforms"][0]["settings"]
+        assert sum(settings["rank_pattern"].values()) == 2 * 2 * 7 and len(settings["target_modules"]) <= 14
 

@@ -143,3 +143,23 @@ def check_same_architecture(a: dict, b: dict, names: tuple[str, str]) -> None:
         raise SpeechkeepError(
             f"importance runs {names[0]} ({a['n_layers']} layers, {len(ta)} tensors) and {names[1]} "
             f"({b['n_layers']} layers, {len(tb)} tensors) come from different architectures: they cannot be compared")
+
+
+def pretrained_text_importance(model: SpeechLLM, importance: str | None, config, fraction: float,
+                               batch_size: int) -> dict[str, torch.Tensor]:
+    """The LLM's textual importance before a strategy trains it (what ``layer_lr``, ``anchor`` and
+    ``lora.placement=importance`` are driven by): read from the ``importance`` run, or, when None,
+    computed now on a seeded ``fraction`` of the training manifest with text input (seed 001: 1/30).
+    ``config`` is the run's TrainConfig. LLM parameters only (plain LLM names)."""
+    if importance:
+        scores = load_scores(importance)
+    else:
+        from speechkeep.importance.taylor import compute_importance
+
+        if not config.data.train:
+            raise UsageError("the strategy needs the pre-trained LLM's textual importance: give an importance run "
+                             "(<strategy>.importance=DIR) or a training manifest (data.train) to compute it from")
+        queries = queries_from_manifest(config.data.train, "text", model, fraction, None, config.data.split,
+                                        seed=config.seed)
+        scores = compute_importance(model, batched(queries, batch_size), include_adaptor=False).scores
+    return {n: t for n, t in scores.items() if not n.startswith("adaptor.")}

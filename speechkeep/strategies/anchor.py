@@ -113,19 +113,10 @@ class Anchor(Strategy):
 
     def importance_scores(self, model) -> dict[str, torch.Tensor]:
         """Per-parameter textual importance of the pre-trained LLM (plain LLM parameter names)."""
+        from speechkeep.importance.runs import pretrained_text_importance
+
         s = self.settings
-        if s.importance:
-            from speechkeep.importance.runs import load_scores
-
-            scores = load_scores(s.importance)
-        else:
-            from speechkeep.importance.runs import batched, queries_from_manifest
-            from speechkeep.importance.taylor import compute_importance
-
-            queries = queries_from_manifest(self.config.data.train, "text", model, s.fraction, None,
-                                            self.config.data.split, seed=self.config.seed)
-            scores = compute_importance(model, batched(queries, s.batch_size), include_adaptor=False).scores
-        return {n: t for n, t in scores.items() if not n.startswith("adaptor.")}
+        return pretrained_text_importance(model, s.importance, self.config, s.fraction, s.batch_size)
 
     def setup(self, model):
         scores = self.importance_scores(model)

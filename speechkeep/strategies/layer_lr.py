@@ -64,18 +64,15 @@ class LayerLR(Strategy):
 
     def layer_importance(self, model) -> list[float]:
         """Per original layer of the LLM (an up-scaled LLM's inserted blocks are not among them)."""
-        from speechkeep.importance.runs import batched, load_summary, queries_from_manifest
+        from speechkeep.importance.runs import load_summary, pretrained_text_importance
         from speechkeep.importance.summary import summarize
-        from speechkeep.importance.taylor import compute_importance
 
         s = self.settings
         if s.importance:
             summary = load_summary(s.importance)
         else:
-            queries = queries_from_manifest(self.config.data.train, "text", model, s.fraction, None,
-                                            self.config.data.split, seed=self.config.seed)
-            res = compute_importance(model, batched(queries, s.batch_size), include_adaptor=False)
-            summary = summarize(res.scores, res.meta.get("layer_origin"))
+            scores = pretrained_text_importance(model, None, self.config, s.fraction, s.batch_size)
+            summary = summarize(scores, layer_origin(model.llm))
         origin = layer_origin(model.llm)
         n = model.llm.config.num_hidden_layers if origin is None else sum(o is not None for o in origin)
         if summary["n_layers"] != n:
