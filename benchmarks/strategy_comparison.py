@@ -4,7 +4,8 @@ evaluated on the 1,205 clean held-out WebQuestions questions (heldout + devtest)
     python benchmarks/strategy_comparison.py --preset distill --out runs/distill_cmp [--steps 300]
     python benchmarks/strategy_comparison.py --preset upscale --out runs/upscale_cmp [--reuse runs/distill_cmp]
 
-Presets:
+Presets (``beyond``: issue 19's anchor, importance-guided LoRA, layer_lr, full and lora, then the
+importance-guided restoration sweep of the full run):
 - ``distill`` (issue 14): lora vs distill (CE + both KL channels) vs distill (t2t channel only) vs full,
   trained on spoken QA; evaluated on T2T, S2T and perplexity; paired tests against ``lora`` and No-FT.
 - ``upscale`` (issue 15, seed 003): full and lora vs upscale transformer interleaved, ebranchformer
@@ -53,6 +54,11 @@ CELLS = {
                                           ["strategy=upscale", "upscale.block=ebranchformer",
                                            "upscale.placement=interleaved", "upscale.speech_only=true",
                                            "upscale.lr={upscale_lr}"]),
+    "layer_lr": ("layer_lr (eq. 3, lambda 0.4)", ["strategy=layer_lr", "optim.lr={full_lr}", "layer_lr.importance={importance}"]),
+    "anchor": ("anchor, full student", ["strategy=anchor", "optim.lr={full_lr}", "anchor.importance={importance}",
+                                        "anchor.strength={anchor_strength}"]),
+    "lora_importance": ("lora (r=8 budget), importance-guided placement",
+                        ["strategy=lora", "lora.placement=importance", "lora.importance={importance}"]),
 }
 
 PRESETS = {
@@ -62,6 +68,9 @@ PRESETS = {
                     cells=["upscale_ebranchformer", "full", "upscale_transformer", "lora", "upscale_ebranchformer_top",
                            "upscale_ebranchformer_speech_only"],
                     train_tasks="{qa: 1, asr: 1}", eval_tasks=["t2t", "s2t", "asr", "ppl"], reference="full"),
+    "beyond": dict(title="beyond the seeds: importance-guided restoration, anchor, importance-guided LoRA (issue 19)",
+                   cells=["anchor", "lora_importance", "layer_lr", "full", "lora"], restore=True,
+                   train_tasks="{qa: 1}", eval_tasks=["t2t", "s2t", "ppl"], reference="full"),
 }
 
 
@@ -78,11 +87,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3, help="peak lr of LoRA parameters (lora, distill)")
     ap.add_argument("--full-lr", type=float, default=5e-5, help="peak lr of the LLM's weights under full fine-tuning")
     ap.add_argument("--upscale-lr", type=float, default=2e-4, help="peak lr of the new blocks under upscale")
+    ap.add_argument("--anchor-strength", type=float, default=10.0, help="anchor.strength of the anchor cell")
+    ap.add_argument("--restore-sweep", default="0.5,1,3,10", help="percentages of the restore cell (preset beyond)")
     ap.add_argument("--n-train", type=int, default=400, help="trainmodel questions (the demo's training set)")
     ap.add_argument("--train-data", default=None, help="an existing spoken training set (e.g. the demo's runs/demo/data/train)")
     ap.add_argument("--eval-questions", default="webquestions:clean", help="default: heldout + devtest (1,205)")
     ap.add_argument("--eval-limit", type=int, default=None)
     ap.add_argument("--reuse", default=None, help="another comparison directory whose data and No-FT cells to use")
+    ap.add_argument("--reuse-cells", default="", help="comma-separated strategy cells (run + eval) to take from --reuse "
+                                                         "(only where that run's train_config.json has the same settings)")
     ap.add_argument("--only", default=None, help="comma-separated strategy cells (default: the preset's)")
     args = ap.parse_args()
     preset = PRESETS[args.preset]
@@ -104,6 +117,13 @@ def main() -> None:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(src, dst, target_is_directory=True)
                 log(f"cell {rel}: reused from {src}")
+        for name in [c for c in args.reuse_cells.split(",") if c]:
+            for rel in (f"runs/{name}", f"eval/{name}"):
+                src, dst = Path(args.reuse).resolve() / rel, out / rel
+                if src.exists() and not dst.exists():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(src, dst, target_is_directory=True)
+                    log(f"cell {rel}: reused from {src}")
     times_path = out / "times.json"
 
     def timed(name, fn):
@@ -142,6 +162,14 @@ def main() -> None:
     init = resolve_init(load_config(TrainConfig, None, [f"model.llm={LLM}", f"model.speech_encoder={ENCODER}", "init_from=auto"]))
     aligned = run_eval("aligned", init, [t for t in preset["eval_tasks"] if t in ("s2t", "asr")])
 
+    importance = out / "importance" / "pretrained_text"
+    if any("{importance}" in e for n in preset["cells"] for e in CELLS[n][1]) or preset.get("restore"):
+        if (importance / "importance.safetensors").exists():
+            log("cell importance/pretrained_text: done")
+        else:
+            log("cell importance/pretrained_text: textual importance of the pre-trained LLM (1/30 of the training set)")
+            timed("importance_pretrained_text", lambda: pretrained_importance(init, train_data / "manifest.jsonl", importance))
+
     names = args.only.split(",") if args.only else list(preset["cells"])
     results = {"noft": noft, "aligned": aligned}
     for name in names:
@@ -156,10 +184,34 @@ def main() -> None:
                   f"data.tasks={preset['train_tasks']}",
                   f"data.batch_size={args.batch_size}", f"optim.lr={args.lr}", f"max_steps={args.steps}",
                   f"output_dir={run_dir}", "save_every=25", "resume=true", "seed=0"]
-            ov += [e.format(full_lr=args.full_lr, upscale_lr=args.upscale_lr) for e in extra]
+            ov += [e.format(full_lr=args.full_lr, upscale_lr=args.upscale_lr, importance=importance,
+                            anchor_strength=args.anchor_strength) for e in extra]
             timed(f"train_{name}", lambda: train(load_config(TrainConfig, None, ov)))
         results[name] = run_eval(name, str(run_dir), preset["eval_tasks"], baseline=str(out / "eval" / "noft" / "metrics.json"))
         write_report(out, args, preset, [n for n in names if n in results], results)
+    if preset.get("restore") and (out / "runs" / "full" / "summary.json").exists():
+        from speechkeep.importance.restore import RestoreConfig, run_restore
+
+        dest = out / "restore" / "full"
+        log(f"cell restore/full: sweep {args.restore_sweep}% of the full run's LLM weights back")
+        timed("restore_full", lambda: run_restore(RestoreConfig(
+            run=str(out / "runs" / "full"), importance=str(importance), out=str(dest),
+            sweep=[float(x) for x in args.restore_sweep.split(",")], data=eval_data, tasks=["t2t", "s2t"],
+            finetuned_eval=str(out / "eval" / "full"))))
+        print((dest / "curve.csv").read_text())
+
+
+def pretrained_importance(init: str, manifest: Path, out: Path) -> None:
+    """Textual importance (abs_sum) of the starting model's LLM on a seeded 1/30 of the training set."""
+    from speechkeep.importance.runs import batched, queries_from_manifest, save_importance
+    from speechkeep.importance.taylor import compute_importance
+    from speechkeep.models.persistence import load_speech_llm
+
+    model, _ = load_speech_llm(init)
+    queries = queries_from_manifest(str(manifest), "text", model, 1 / 30, None, None, seed=0)
+    res = compute_importance(model, batched(queries, 8))
+    res.meta.update({"model": init, "data": str(manifest), "input": "text", "fraction": 1 / 30})
+    save_importance(out, res.scores, res.meta)
 
 
 def write_report(out: Path, args, preset: dict, names: list[str], results: dict) -> None:

@@ -139,3 +139,26 @@ def test_restore_sweep_writes_a_curve_and_resumes(setup, tmp_path, tone):
     again = run_restore(cfg)  # a finished point is not recomputed
     assert (tmp_path / "sweep" / "p1" / "eval" / "metrics.json").stat().st_mtime_ns == stamp
     assert again["curve"] == json.loads((tmp_path / "sweep" / "curve.json").read_text())["curve"]
+
+
+def test_restore_sweep_takes_p0_from_an_existing_evaluation(setup, tmp_path, tone):
+    import soundfile as sf
+
+    from speechkeep.evaluate.run import EvalConfig, evaluate
+
+    root, scores, pre = setup
+    for i in range(len(QA)):
+        sf.write(tmp_path / f"q{i}.wav", tone, 16000)
+    rows = [{"id": f"q{i}", "text": q, "answers": [a.rstrip(".")], "audio": f"q{i}.wav", "sample_rate": 16000,
+             "duration": len(tone) / 16000, "voice": "tone"} for i, (q, a) in enumerate(QA)]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ev = evaluate(EvalConfig(model=str(root / "ft"), data=str(tmp_path / "manifest.jsonl"), out=str(tmp_path / "ev"),
+                             tasks=["t2t", "s2t"], max_new_tokens=4))
+    res = run_restore(RestoreConfig(run=str(root / "ft"), importance=str(root / "imp"), out=str(tmp_path / "sweep"),
+                                    sweep=[100], data=str(tmp_path / "manifest.jsonl"), max_new_tokens=4,
+                                    finetuned_eval=str(tmp_path / "ev")))
+    assert "s2t" in ev, ev.get("skipped")
+    assert res["curve"][0]["t2t"] == ev["t2t"]["accuracy"] and not (tmp_path / "sweep" / "p0" / "model").exists()
+    with pytest.raises(UsageError, match="evaluated"):
+        run_restore(RestoreConfig(run=str(root / "ft"), importance=str(root / "imp"), out=str(tmp_path / "s2"),
+                                  sweep=[100], data=str(tmp_path / "other.jsonl"), finetuned_eval=str(tmp_path / "ev")))

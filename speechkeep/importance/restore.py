@@ -52,6 +52,9 @@ class RestoreConfig(Checked):
     """Evaluate only the first N items of the sweep's data."""
     max_new_tokens: int = ranged(48, ge=1)
     """Answer length limit of the sweep's evaluation."""
+    finetuned_eval: str = ""
+    """An existing `speechkeep eval` output of the fine-tuned model on the same data (its directory): the sweep's
+    p = 0 point is read from it instead of being evaluated again."""
     overwrite: bool = False
     """Write into an out directory that is not empty and not a previous `speechkeep restore` output."""
 
@@ -155,10 +158,18 @@ def run_restore(cfg: RestoreConfig) -> dict:
         curve = []
         for p in points:
             dest = out / f"p{p:g}"
-            metrics_path = dest / "eval" / "metrics.json"
-            if metrics_path.exists():  # finished on an earlier, interrupted sweep
+            if (dest / "point.json").exists():  # finished on an earlier, interrupted sweep
                 curve.append(json.loads((dest / "point.json").read_text()))
                 print(f"restore sweep p={p:g}%: done")
+                continue
+            if p == 0 and cfg.finetuned_eval:
+                point = {"fraction_percent": 0.0, "alpha": cfg.alpha, "restored": 0, "tensors": 0,
+                         "scored": sum(t.numel() for n, t in scores.items() if not n.startswith("adaptor.")),
+                         **_point_metrics(_read_finetuned_eval(cfg))}
+                dest.mkdir(parents=True, exist_ok=True)
+                write_json(dest / "point.json", point)
+                curve.append(point)
+                print(f"restore sweep p=0%: from {cfg.finetuned_eval}")
                 continue
             with torch.no_grad():
                 for n, prm in model.llm.named_parameters():
@@ -166,14 +177,34 @@ def run_restore(cfg: RestoreConfig) -> dict:
             counts = restore_weights(model.llm, pre, scores, p, cfg.alpha)
             model.save_pretrained(dest / "model")
             metrics = _evaluate_point(cfg, dest)
-            point = {"fraction_percent": p, "alpha": cfg.alpha, **counts,
-                     **{t: metrics[t]["accuracy"] for t in ("t2t", "s2t") if t in metrics},
-                     **{f"{t}_ci95": metrics[t].get("ci95") for t in ("t2t", "s2t") if t in metrics}}
+            point = {"fraction_percent": p, "alpha": cfg.alpha, **counts, **_point_metrics(metrics)}
             write_json(dest / "point.json", point)
             curve.append(point)
             print(f"restore sweep p={p:g}%: " + ", ".join(f"{t} {100 * point[t]:.1f}%" for t in ("t2t", "s2t") if t in point))
         write_curve(out, curve)
         return {"curve": curve}
+
+
+def _point_metrics(metrics: dict) -> dict:
+    return {**{t: metrics[t]["accuracy"] for t in ("t2t", "s2t") if t in metrics},
+            **{f"{t}_ci95": metrics[t].get("ci95") for t in ("t2t", "s2t") if t in metrics}}
+
+
+def _read_finetuned_eval(cfg: RestoreConfig) -> dict:
+    from speechkeep.io import read_json_object
+
+    path = Path(cfg.finetuned_eval) / "metrics.json"
+    if not path.is_file():
+        raise UsageError(f"finetuned_eval: {path} does not exist (give a `speechkeep eval` output directory)")
+    m = read_json_object(path, "evaluation metrics")
+    if Path(str(m.get("data", ""))).resolve() != Path(cfg.data).resolve():
+        raise UsageError(f"finetuned_eval: {path} evaluated {m.get('data')}, the sweep uses {cfg.data}")
+    if cfg.limit is not None and m.get("n") != cfg.limit:
+        raise UsageError(f"finetuned_eval: {path} has {m.get('n')} items, the sweep limit={cfg.limit}")
+    missing = [t for t in cfg.tasks if t in ("t2t", "s2t") and t not in m]
+    if missing:
+        raise UsageError(f"finetuned_eval: {path} has no {missing[0]} result")
+    return m
 
 
 def _evaluate_point(cfg: RestoreConfig, dest: Path) -> dict:
