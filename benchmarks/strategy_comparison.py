@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3, help="peak lr of LoRA parameters (lora, distill)")
     ap.add_argument("--full-lr", type=float, default=5e-5, help="peak lr of the LLM's weights under full fine-tuning")
     ap.add_argument("--upscale-lr", type=float, default=2e-4, help="peak lr of the new blocks under upscale")
-    ap.add_argument("--anchor-strength", type=float, default=10.0, help="anchor.strength of the anchor cell")
+    ap.add_argument("--anchor-strength", type=float, default=1e5, help="anchor.strength of the anchor cell")
     ap.add_argument("--restore-sweep", default="0.5,1,3,10", help="percentages of the restore cell (preset beyond)")
     ap.add_argument("--n-train", type=int, default=400, help="trainmodel questions (the demo's training set)")
     ap.add_argument("--train-data", default=None, help="an existing spoken training set (e.g. the demo's runs/demo/data/train)")

@@ -37,8 +37,10 @@ from speechkeep.strategies.base import STRATEGIES, LossTerms, Strategy, register
 class AnchorSettings(Checked):
     """Importance-anchored fine-tuning (strategy=anchor)."""
 
-    strength: float = ranged(10.0, ge=0)
-    """Weight of the anchor term in the loss (0: the student alone). The term is scale-free (see the module doc)."""
+    strength: float = ranged(1e5, ge=0)
+    """Weight of the anchor term in the loss (0: the student alone). The term is scale-free (see the module doc).
+    Calibration: 300 steps of full fine-tuning at lr 5e-5 moved SmolLM2's important weights by f^2 = 5.4e-6 (0.23%);
+    at 1e5 that move costs 0.54, about a third of the starting cross-entropy."""
     student: Literal["full", "layer_lr"] = "full"
     """Which parameters train and how: 'full' (every LLM weight at optim.lr) or 'layer_lr' (per-layer rates)."""
     importance: str | None = None
