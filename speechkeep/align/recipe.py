@@ -85,7 +85,7 @@ def build_eval_set(cfg: AlignConfig, progress: bool = True) -> Path:
 def _check_align(cfg: AlignConfig) -> None:
     """What can be checked before any work: sources, held-out questions, voices, tasks, model specs."""
     from speechkeep.data.questions import read_questions
-    from speechkeep.data.tts import VOICES
+    from speechkeep.data.tts import VOICES, is_voice
     from speechkeep.errors import UsageError
     from speechkeep.evaluate.run import ALL_TASKS
     from speechkeep.models.llm import resolve_llm_dir
@@ -100,8 +100,9 @@ def _check_align(cfg: AlignConfig) -> None:
             raise UsageError(f"{src}: no such questions file (corpus.sources, webquestions, eval_questions)")
         read_questions(src)
     for v in [cfg.eval_voice, *cfg.corpus.held_out_voices]:
-        if v not in VOICES:
-            raise UsageError(f"unknown voice {v!r}; valid voices: {', '.join(VOICES)}")
+        if not is_voice(v):
+            raise UsageError(f"unknown voice {v!r}; valid voices: {', '.join(VOICES)}, or one of the extended pool "
+                             "(espeak-x-..., piper-x-...)")
     bad = [t for t in cfg.eval_tasks if t not in ALL_TASKS]
     if bad:
         raise UsageError(f"eval_tasks: unknown task '{bad[0]}'; valid: {', '.join(ALL_TASKS)}")
