@@ -195,7 +195,9 @@ def build_align_corpus(cfg: AlignCorpusConfig, progress: bool = True) -> Path:
         for (uid, text, voice), (path, sec) in zip(plan, results) if 0 < sec <= MAX_SECONDS
     ]
     t_aug = time.perf_counter()
-    augmented = augment_rows(rows, cfg, out / "audio_aug", progress)
+    pairs = augment_rows(rows, cfg, out / "audio_aug", progress)
+    augmented = [r for _, r in pairs]
+    n_general = sum(1 for r in rows if r.id in general_ids) + sum(1 for src, _ in pairs if src in general_ids)
     rows += augmented
     t_aug = time.perf_counter() - t_aug
     t1 = time.perf_counter()
@@ -207,7 +209,6 @@ def build_align_corpus(cfg: AlignCorpusConfig, progress: bool = True) -> Path:
     t_feat = time.perf_counter() - t1
     manifest = write_manifest(out / MANIFEST_NAME, rows)
 
-    n_general = sum(1 for r in rows if r.id in general_ids or r.id.rsplit(".", 1)[0] in general_ids)
     voices = Counter(r.voice for r in rows)
     write_json(out / "build_info.json", {
         "config": config_to_dict(cfg), "sources": list(names), "texts": [str(t) for t in texts],
@@ -231,7 +232,7 @@ def _aug_kind(uid: str) -> str:
 
 
 def augment_rows(rows: list, cfg: AlignCorpusConfig, out_dir: Path, progress: bool = True) -> list:
-    """One augmented copy (``cfg.augment``) of the rows :func:`~speechkeep.data.augment.augment_plan` picks:
+    """``(source id, row)`` of one augmented copy (``cfg.augment``) of each of the rows :func:`~speechkeep.data.augment.augment_plan` picks:
     ``<out_dir>/<voice>/<id>.<tag>.wav``, id ``<id>.<tag>`` (the tag names the augmentation, e.g.
     ``speed1.1``, ``noise-pink-12.5db``, ``reverb0.45s``); existing files are reused (resumable)."""
     from tqdm import tqdm
@@ -254,6 +255,6 @@ def augment_rows(rows: list, cfg: AlignCorpusConfig, out_dir: Path, progress: bo
             save_wav(path, audio, TARGET_SR)
             sec = len(audio) / TARGET_SR
         if 0 < sec <= MAX_SECONDS:
-            out.append(ManifestRow(id=f"{r.id}.{tag}", text=r.text, audio=str(path.resolve()), sample_rate=TARGET_SR,
-                                   duration=round(sec, 4), voice=r.voice, split="train"))
+            out.append((r.id, ManifestRow(id=f"{r.id}.{tag}", text=r.text, audio=str(path.resolve()), sample_rate=TARGET_SR,
+                                   duration=round(sec, 4), voice=r.voice, split="train")))
     return out

@@ -245,6 +245,28 @@ def render_card(report: dict, n_params: int) -> str:
                  else " + ".join(f"`{Path(x).name if not x.startswith('webquestions:') else x}`" for x in srcs))
     answers = " and their distinct\n  reference answers (one piper and one eSpeak voice each)" if corpus["config"].get(
         "include_answers", True) else ""
+    ccfg = corpus["config"]
+    if corpus.get("texts"):
+        answers += (f"; and {corpus.get('general_utterances', 0):,} utterances of general English texts "
+                    f"({', '.join('`' + Path(t).name + '`' for t in corpus['texts'])}, {ccfg.get('general_voices_per_text', 1)} voice(s) "
+                    f"each, {100 * ccfg.get('piper_share', 0.5):.0f}% piper): {100 * corpus.get('outside_webquestions', 0):.1f}% of the "
+                    "utterances are from outside WebQuestions")
+    if ccfg.get("voice_pool", "standard") != "standard":
+        answers += f"; voice pool `{ccfg['voice_pool']}` ({corpus.get('n_voices', len(corpus['voices']))} voices used)"
+    aug = ccfg.get("augment") or {}
+    if aug.get("fraction"):
+        answers += (f"; {corpus.get('augmented_utterances', 0):,} augmented copies ({100 * aug['fraction']:.0f}% of the "
+                    f"utterances: {', '.join(f'{k} {n}' for k, n in corpus.get('augmentations', {}).items())})")
+    vocab_note = (f"the {ad['ctc_vocab_size']:,} tokens of `{Path(cfg['vocabulary']).name}` (general English + every "
+                  "single-character token, so any word can be spelled)" if cfg.get("vocabulary")
+                  else f"{ad['ctc_vocab_size']} LLM tokens\n  (every token in the corpus transcripts)")
+    masks = (f" SpecAugment masking on the features: {cfg['time_masks']} time masks of up to {cfg['time_mask_frames']} frames, "
+             f"{cfg['feature_masks']} channel masks of up to {cfg['feature_mask_channels']} channels."
+             if cfg.get("time_masks") or cfg.get("feature_masks") else "")
+    arch = ad.get("arch", "mlp")
+    arch_note = ("Linear -> ReLU (hidden {h}) -> Linear -> LLM width".format(h=ad['hidden_size']) if arch == "mlp" else
+                 f"Linear -> {ad['layers']}-layer {arch} (width {ad['hidden_size']}, {ad['heads']} heads, feed-forward "
+                 f"{ad['ffn_size']}, convolution width {ad['conv_kernel']}) -> Linear -> LLM width")
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     rows = []
     if "asr" in ev:
@@ -265,9 +287,8 @@ The adaptor of a speechkeep SpeechLLM (frozen speech encoder {enc} -> adaptor ->
 {llm}), trained so that speech maps to what the LLM reads. {load}
 
 ## What it is
-- Adaptor: {ad['stack_frames']} stacked {enc} frames -> Linear -> ReLU (hidden {ad['hidden_size']}) -> Linear -> LLM width, then
-  CTC onto the LLM's own vocabulary: logits = output x the frozen token embeddings of {ad['ctc_vocab_size']} LLM tokens
-  (every token in the corpus transcripts) + a learned blank. The LLM reads one input per token of the
+- Adaptor: {ad['stack_frames']} stacked {enc} frames -> {arch_note}, then
+  CTC onto the LLM's own vocabulary: logits = output x the frozen token embeddings of {vocab_note} + a learned blank. The LLM reads one input per token of the
   greedy CTC path: the posterior-weighted average of the token embeddings (`ctc_emit={ad['ctc_emit']}`).
 - {n_params:,} parameters, stored in fp16 (`adaptor.safetensors`). The LLM and the encoder are not
   stored: they are referenced by spec (`{llm}`, `{enc}`) in `speechkeep.json`.
@@ -280,7 +301,7 @@ The adaptor of a speechkeep SpeechLLM (frozen speech encoder {enc} -> adaptor ->
   (each by {corpus['config']['piper_voices_per_text']} piper and {corpus['config']['espeak_voices_per_text']} eSpeak voices){answers}; transcripts lower-cased. Voices: {voices}.
   Held-out voice never used: {report['eval_set']['voice']}.
 - Training: CTC, {ctc['steps']} steps of batch {cfg['batch_size']}, AdamW lr {cfg['lr']} (warmup {cfg['warmup_steps']}, cosine to 10%),
-  {ctc['train_minutes']:.1f} min on {report['machine']}; final CTC loss {ctc['final_loss']}.
+  {ctc['train_minutes']:.1f} min on {report['machine']}; final CTC loss {ctc['final_loss']}.{masks}
   {ctc['dropped_infeasible']} utterances with more tokens than CTC frames were left out. The final step's weights
   are shipped (no checkpoint selection on the evaluation set).
 

@@ -33,7 +33,8 @@ def ctc_loss(adaptor, frames: list[torch.Tensor], targets: list[list[int]], voca
     ``compact`` (the default) is the same loss, cheaper for a large vocabulary: CTC's forward-backward only
     reads the log-probabilities of the blank and of the labels in the batch's targets, so the softmax is
     normalized over all 1+V classes once per frame (a log-sum-exp on the unpadded frames) and only those
-    columns (typically a few thousand of tens of thousands) enter the padded CTC computation. Values and
+    columns (typically a few thousand of tens of thousands), plus one column with the rest of the
+    probability mass, enter the padded CTC computation. Values and
     gradients equal the full computation's (``compact=False``) up to float rounding (tested)."""
     hs = adaptor.frame_outputs(frames)
     lens = torch.tensor([h.shape[0] for h in hs])
@@ -43,7 +44,14 @@ def ctc_loss(adaptor, frames: list[torch.Tensor], targets: list[list[int]], voca
     if compact:
         used = torch.unique(tgt)  # sorted labels 1..V of this batch
         cols = torch.cat([used.new_zeros(1), used])
-        logp = logits[:, cols] - torch.logsumexp(logits, dim=-1, keepdim=True)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        logp = logits[:, cols] - lse
+        if cols.numel() < logits.shape[1]:
+            # one more column holding the remaining probability mass, so each frame's compact distribution sums to
+            # 1: torch's CTC backward returns exp(log_probs) - posteriors, which is the true gradient only when
+            # composed with a normalization over all the columns it sees (with it, the gradients are exact)
+            rest = torch.logsumexp(logits.index_fill(1, cols, float("-inf")), dim=-1, keepdim=True) - lse
+            logp = torch.cat([logp, rest], dim=-1)
         tgt = torch.searchsorted(used, tgt) + 1
     else:
         logp = torch.log_softmax(logits, dim=-1)
