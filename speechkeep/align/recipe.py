@@ -106,6 +106,11 @@ def _check_align(cfg: AlignConfig) -> None:
     bad = [t for t in cfg.eval_tasks if t not in ALL_TASKS]
     if bad:
         raise UsageError(f"eval_tasks: unknown task '{bad[0]}'; valid: {', '.join(ALL_TASKS)}")
+    for t in cfg.corpus.texts:
+        if not Path(t).is_file():
+            raise UsageError(f"corpus.texts: {t}: no such text file (train.jsonl of `speechkeep data text`)")
+    if cfg.ctc.vocabulary and not Path(cfg.ctc.vocabulary).is_file():
+        raise UsageError(f"ctc.vocabulary: {cfg.ctc.vocabulary}: no such vocabulary file (vocabulary.json of `speechkeep data text`)")
     resolve_llm_dir(cfg.ctc.model.llm)
     resolve_encoder_dir(cfg.ctc.model.speech_encoder)
 
@@ -212,6 +217,8 @@ def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | 
     report = json.loads(Path(report_path).read_text())
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(model_dir / ADAPTOR_NAME)).items()}
     card = render_card(report, n_params=sum(v.numel() for v in state.values() if v.is_floating_point()))
+    if (to / "CARD.md").is_file():  # the front-end it replaces: its card (numbers and history) is kept below
+        card += history_section(to / "CARD.md", report)
     with atomic_path(to, own_names=(CONFIG_NAME, ADAPTOR_NAME, "CARD.md", "report.json")) as tmp:
         tmp.mkdir(parents=True)
         (tmp / CONFIG_NAME).write_text((model_dir / CONFIG_NAME).read_text())
@@ -219,6 +226,17 @@ def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | 
         (tmp / "CARD.md").write_text(card)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return to
+
+
+def history_section(old_card: Path, report: dict) -> str:
+    """The replaced front-end's card, headings moved two levels down, under '## History'."""
+    import datetime
+
+    old = old_card.read_text(encoding="utf-8")
+    demoted = "\n".join("##" + line if line.startswith("#") else line for line in old.splitlines())
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    return (f"\n## History\n\nThe front-end this one replaced ({when}), as its card described it:\n\n"
+            f"{demoted.rstrip()}\n")
 
 
 def render_card(report: dict, n_params: int) -> str:

@@ -15,7 +15,7 @@ Sources (``sources=[...]``):
 | --- | --- | --- |
 | ``wordnet`` | WordNet 3.0 example sentences and definitions (Debian/Ubuntu package ``wordnet-base``: ``/usr/share/wordnet``, or ``$WNHOME``/``wordnet_dir``) | WordNet 3.0 license (Princeton; use, copy, modify and distribute with its notice) |
 | ``requests`` | everyday requests, generated here from templates x topics ("can you explain how photosynthesis works in simple terms") | speechkeep's own (the templates and topics in this module) |
-| ``llm`` | text the LLM itself writes (``llm``, greedy) for ``llm_prompts`` of the requests, split into sentences; cached in ``llm_cache.jsonl`` | the LLM's output (SmolLM2: Apache-2.0) |
+| ``llm`` | text the LLM itself writes (``llm``, greedy) for ``llm_prompts`` of the requests, split into complete sentences; cached in ``llm_cache.jsonl`` | the LLM's output (SmolLM2: Apache-2.0) |
 | ``webquestions:SPLIT`` | WebQuestions questions of a shipped split (``trainmodel``, ``val`` only: the clean splits are refused) | CC-BY 4.0 |
 | ``file:PATH`` | a UTF-8 text file, one utterance per line (license: yours to record, ``file_license``) | as given |
 
@@ -275,7 +275,8 @@ def llm_texts(cfg: TextCorpusConfig, requests: list[RawText], progress: bool = T
     for r, a in zip(ranked, answers):
         for line in a.splitlines():
             line = re.sub(r"^\s*(?:[-*#>]+|\d+[.)])\s*", "", line).replace("**", "")
-            out += [RawText(s, "llm", r.unit) for s in _SENT.split(line) if s.strip()]
+            # complete sentences only: an answer cut by llm_max_new_tokens ends in a fragment
+            out += [RawText(s, "llm", r.unit) for s in _SENT.split(line.strip()) if s.strip().endswith((".", "!", "?"))]
     return out, stats
 
 
