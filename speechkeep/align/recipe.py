@@ -255,7 +255,12 @@ def render_card(report: dict, n_params: int) -> str:
     copy_note = ("SmolLM2-135M-Instruct does not copy text on request (given the text question itself and the same "
                  "instruction, it answers or paraphrases it instead)" if llm == "bundled:smollm2-135m" else
                  "a small instruct LLM may not copy text on request (it answers or paraphrases the question instead)")
-    voices = ", ".join(f"{v} {n}" for v, n in corpus["voices"].items())
+    named = {v: n for v, n in corpus["voices"].items() if not v.startswith(("espeak-x-", "piper-x-"))}
+    voices = ", ".join(f"{v} {n}" for v, n in named.items())
+    for fam, what in (("espeak-x-", "extended eSpeak NG accent/variant voices"), ("piper-x-", "extended piper parameter voices")):
+        ext = {v: n for v, n in corpus["voices"].items() if v.startswith(fam)}
+        if ext:
+            voices += f"{'; ' if voices else ''}{len(ext)} {what} ({sum(ext.values()):,} utterances)"
     from speechkeep.align.corpus import DEFAULT_SOURCES, corpus_sources
 
     srcs = corpus_sources(corpus["config"].get("sources"))
@@ -275,7 +280,7 @@ def render_card(report: dict, n_params: int) -> str:
     if aug.get("fraction"):
         answers += (f"; {corpus.get('augmented_utterances', 0):,} augmented copies ({100 * aug['fraction']:.0f}% of the "
                     f"utterances: {', '.join(f'{k} {n}' for k, n in corpus.get('augmentations', {}).items())})")
-    vocab_note = (f"the {ad['ctc_vocab_size']:,} tokens of `{Path(cfg['vocabulary']).name}` (general English + every "
+    vocab_note = (f"the {ctc.get('ctc_vocab_size', ad['ctc_vocab_size']):,} tokens of `{Path(cfg['vocabulary']).name}` (general English + every "
                   "single-character token, so any word can be spelled)" if cfg.get("vocabulary")
                   else f"{ad['ctc_vocab_size']} LLM tokens\n  (every token in the corpus transcripts)")
     masks = (f" SpecAugment masking on the features: {cfg['time_masks']} time masks of up to {cfg['time_mask_frames']} frames, "
