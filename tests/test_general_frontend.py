@@ -413,3 +413,18 @@ def test_measure_frontend_reports_every_bar(tmp_path, tiny_speech_llm_factory):
     assert "Front-end measurement" in (tmp_path / "meas" / "MEASURE.md").read_text()
     lines = (tmp_path / "meas" / "transcripts.jsonl").read_text().splitlines()
     assert len(lines) == 4 and "s2t" in json.loads(lines[0])
+
+
+def test_data_build_takes_extended_voices_and_align_checks_its_new_inputs(tmp_path, capsys):
+    from speechkeep.cli import main
+    from speechkeep.data.build import DataBuildConfig, _voice_pools
+
+    pool, held = _voice_pools(DataBuildConfig(voices=["espeak-x-en-029-m3", "piper-x-ls1-pf1-ns0.667-nw0.8"],
+                                              eval_voices=["piper-joe-high"]))
+    assert pool == ["espeak-x-en-029-m3", "piper-x-ls1-pf1-ns0.667-nw0.8"] and held == ["piper-joe-high"]
+    with pytest.raises(UsageError, match="unknown voice 'espeak-x-nowhere'"):
+        _voice_pools(DataBuildConfig(voices=["espeak-x-nowhere"]))
+    assert main(["align", f"out={tmp_path / 'a'}", f"corpus.texts=[{tmp_path / 'missing.jsonl'}]"]) == 2
+    assert "corpus.texts" in capsys.readouterr().err
+    assert main(["align", f"out={tmp_path / 'b'}", f"ctc.vocabulary={tmp_path / 'missing.json'}"]) == 2
+    assert "ctc.vocabulary" in capsys.readouterr().err and not (tmp_path / "a").exists()

@@ -76,7 +76,7 @@ def measure_frontend(cfg: MeasureConfig) -> dict:
     from speechkeep.data.manifest import read_manifest
     from speechkeep.evaluate.run import _wer_ci, transcribe_whisper
     from speechkeep.evaluate.stats import paired_difference
-    from speechkeep.io import write_json, write_jsonl
+    from speechkeep.io import atomic_path, write_json, write_jsonl
     from speechkeep.metrics import corpus_wer
     from speechkeep.models.builder import build_speech_llm
     from speechkeep.models.ctc_vocab import coverage
@@ -143,7 +143,8 @@ def measure_frontend(cfg: MeasureConfig) -> dict:
     res["seconds"] = round(time.perf_counter() - t0, 1)
     write_jsonl(out / "transcripts.jsonl", rows_out)
     write_json(out / "measure.json", res)
-    (out / "MEASURE.md").write_text(render(res), encoding="utf-8")
+    with atomic_path(out / "MEASURE.md") as tmp:
+        tmp.write_text(render(res), encoding="utf-8")
     return res
 
 

@@ -415,7 +415,7 @@ OUT_NAMES = ("train.jsonl", "heldout.jsonl", "vocabulary.json", "info.json", "CA
 
 def build_text_corpus(cfg: TextCorpusConfig) -> dict:
     """Gather, clean, split, count the vocabulary, measure its held-out coverage, write everything; returns info.json."""
-    from speechkeep.io import OutputDir, write_json, write_jsonl
+    from speechkeep.io import OutputDir, atomic_path, write_json, write_jsonl
     from speechkeep.models.ctc_vocab import build_vocabulary, coverage, save_vocabulary
 
     for src in cfg.sources:  # usage errors before any work
@@ -464,7 +464,8 @@ def build_text_corpus(cfg: TextCorpusConfig) -> dict:
             "heldout_coverage": cov, "seconds": round(time.perf_counter() - t0, 1),
         }
         write_json(out / "info.json", info)
-        (out / "CARD.md").write_text(render_text_card(info), encoding="utf-8")
+        with atomic_path(out / "CARD.md") as tmp:
+            tmp.write_text(render_text_card(info), encoding="utf-8")
     return info
 
 

@@ -2,8 +2,10 @@
 
 The adaptor's CTC head (``model.adaptor.output='ctc'``, :mod:`speechkeep.models.ctc_head`) scores its
 outputs against the frozen LLM's token embeddings plus a learned blank, and trains with CTC on the
-transcripts tokenized by the LLM's own tokenizer. The LLM never runs: a step costs the adaptor MLP and
-one (frames x V) matmul, V = the LLM tokens that occur in the training transcripts.
+transcripts tokenized by the LLM's own tokenizer. The LLM never runs: a step costs the adaptor and
+one (frames x V) matmul, V = the CTC vocabulary (the LLM tokens of the training transcripts, or a general
+vocabulary file with a spelling fallback: ``ctc_align.vocabulary``); the CTC itself runs on the batch's labels only
+(:func:`~speechkeep.models.ctc_head.ctc_loss`, exact).
 
 - Data: the ``asr`` task (speech -> its transcript); every other task is an error.
 - A new CTC head (its ``ctc_vocab`` all zeros, e.g. ``init_from=none``) gets its vocabulary from
@@ -128,14 +130,17 @@ class CTCAlign(Strategy):
 
     def _targets(self, model, queries: Sequence) -> list[list[int]]:
         out = []
+        speller = index = None
         for q in queries:
             labels = self._labels.get(q.transcript or "")
             if labels is None:  # an example prepare_examples did not see (Python API): tokenize it now
                 from speechkeep.models.ctc_vocab import Speller
 
-                index = {int(t): i + 1 for i, t in enumerate(model.adaptor.ctc_vocab.tolist())}
+                if speller is None:
+                    index = {int(t): i + 1 for i, t in enumerate(model.adaptor.ctc_vocab.tolist())}
+                    speller = Speller(model.tokenizer, list(index))
                 ids = model.tokenizer(q.transcript or "", add_special_tokens=False)["input_ids"]
-                spelled = Speller(model.tokenizer, list(index)).spell_ids(ids) if ids else None
+                spelled = speller.spell_ids(ids) if ids else None
                 if not spelled:
                     missing = [t for t in ids if t not in index]
                     raise ConfigError(f"ctc_align: the transcript {q.transcript!r} has "
