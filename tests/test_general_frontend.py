@@ -428,3 +428,14 @@ def test_data_build_takes_extended_voices_and_align_checks_its_new_inputs(tmp_pa
     assert "corpus.texts" in capsys.readouterr().err
     assert main(["align", f"out={tmp_path / 'b'}", f"ctc.vocabulary={tmp_path / 'missing.json'}"]) == 2
     assert "ctc.vocabulary" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_measure_refuses_a_protected_or_foreign_output_directory(tmp_path):
+    from speechkeep.align.measure import MeasureConfig, measure_frontend
+    from speechkeep.errors import OutputError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="overwrite"):
+        measure_frontend(MeasureConfig(out=str(tmp_path / "mine")))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

@@ -55,6 +55,8 @@ class MeasureConfig(Checked):
     """Transcript length limit of Whisper (the cascade's first stage)."""
     workers: int = ranged(2, ge=1)
     """TTS worker processes."""
+    overwrite: bool = False
+    """Write into an out directory that is not empty and not an earlier measurement's."""
 
 
 def _spoken(questions: str, out: Path, cfg: MeasureConfig, encoder: str) -> Path:
@@ -69,7 +71,19 @@ def _spoken(questions: str, out: Path, cfg: MeasureConfig, encoder: str) -> Path
 
 
 def measure_frontend(cfg: MeasureConfig) -> dict:
-    """Run every measurement; returns (and writes) measure.json's content."""
+    """Run every measurement; returns (and writes) measure.json's content. The output directory is checked
+    first (never the current directory, a repository, an input; another command's output needs overwrite);
+    on a failure the spoken sets are kept (a re-run reuses them)."""
+    from speechkeep.io import OutputDir, has_files
+
+    guard = OutputDir(cfg.out, "measure", overwrite=cfg.overwrite, key="out", keep=has_files,
+                      inputs=[cfg.general] if cfg.general else [])
+    guard.check()
+    with guard:
+        return _measure(cfg)
+
+
+def _measure(cfg: MeasureConfig) -> dict:
     import torch
 
     from speechkeep.data.features import FeatureCache
