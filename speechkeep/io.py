@@ -160,6 +160,8 @@ KNOWN_OUTPUTS: dict[str, tuple[str, ...]] = {
     "restore": ("restore.json", "curve.json"),
     "align": ("report.json", "corpus/manifest.jsonl", "corpus/audio", "ctc/metrics.csv", "eval/manifest.jsonl"),
     "align-export": ("CARD.md",),
+    "data-text": ("info.json", "train.jsonl", "heldout.jsonl", "vocabulary.json"),
+    "measure": ("measure.json", "clean/manifest.jsonl"),
     "demo": ("report.md", "demo_summary.json", "data/train/audio", "data/train/manifest.jsonl"),
 }
 

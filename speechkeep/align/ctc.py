@@ -74,6 +74,16 @@ class CTCAlignConfig(Checked):
     """Continue from <out>/checkpoint when it exists."""
     seed: int = ranged(0, ge=0)
     """Seed of the adaptor initialization and the data order."""
+    vocabulary: str | None = None
+    """CTC vocabulary file (vocabulary.json of `speechkeep data text`: general English + a spelling fallback); None: the LLM tokens of the training transcripts."""
+    time_masks: int = ranged(0, ge=0)
+    """SpecAugment-style time masks per utterance on the encoder features during training (0: off)."""
+    time_mask_frames: int = ranged(10, ge=1)
+    """Widest time mask (encoder frames, 50 per second)."""
+    feature_masks: int = ranged(0, ge=0)
+    """Feature-channel masks per utterance during training (0: off)."""
+    feature_mask_channels: int = ranged(27, ge=1)
+    """Widest feature-channel mask (channels)."""
 
 
 MIN_LR_RATIO = 0.1
@@ -92,7 +102,10 @@ def train_config(cfg: CTCAlignConfig):
         raise ConfigError("model.adaptor.output must be 'ctc' for the CTC alignment stage")
     return config_from_dict(TrainConfig, {
         "model": config_to_dict(cfg.model), "init_from": "none", "strategy": "ctc_align",
-        "ctc_align": {"eval_manifest": cfg.eval_manifest, "eval_features_dir": cfg.eval_features_dir},
+        "ctc_align": {"eval_manifest": cfg.eval_manifest, "eval_features_dir": cfg.eval_features_dir,
+                      "vocabulary": cfg.vocabulary, "time_masks": cfg.time_masks,
+                      "time_mask_frames": cfg.time_mask_frames, "feature_masks": cfg.feature_masks,
+                      "feature_mask_channels": cfg.feature_mask_channels},
         "optim": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps,
                   "schedule": "cosine", "min_lr_ratio": MIN_LR_RATIO, "max_grad_norm": 1.0, "grad_accum": 1},
         "data": {"train": cfg.manifest, "tasks": {"asr": 1.0}, "batch_size": cfg.batch_size,

@@ -85,7 +85,7 @@ def build_eval_set(cfg: AlignConfig, progress: bool = True) -> Path:
 def _check_align(cfg: AlignConfig) -> None:
     """What can be checked before any work: sources, held-out questions, voices, tasks, model specs."""
     from speechkeep.data.questions import read_questions
-    from speechkeep.data.tts import VOICES
+    from speechkeep.data.tts import VOICES, is_voice
     from speechkeep.errors import UsageError
     from speechkeep.evaluate.run import ALL_TASKS
     from speechkeep.models.llm import resolve_llm_dir
@@ -100,11 +100,17 @@ def _check_align(cfg: AlignConfig) -> None:
             raise UsageError(f"{src}: no such questions file (corpus.sources, webquestions, eval_questions)")
         read_questions(src)
     for v in [cfg.eval_voice, *cfg.corpus.held_out_voices]:
-        if v not in VOICES:
-            raise UsageError(f"unknown voice {v!r}; valid voices: {', '.join(VOICES)}")
+        if not is_voice(v):
+            raise UsageError(f"unknown voice {v!r}; valid voices: {', '.join(VOICES)}, or one of the extended pool "
+                             "(espeak-x-..., piper-x-...)")
     bad = [t for t in cfg.eval_tasks if t not in ALL_TASKS]
     if bad:
         raise UsageError(f"eval_tasks: unknown task '{bad[0]}'; valid: {', '.join(ALL_TASKS)}")
+    for t in cfg.corpus.texts:
+        if not Path(t).is_file():
+            raise UsageError(f"corpus.texts: {t}: no such text file (train.jsonl of `speechkeep data text`)")
+    if cfg.ctc.vocabulary and not Path(cfg.ctc.vocabulary).is_file():
+        raise UsageError(f"ctc.vocabulary: {cfg.ctc.vocabulary}: no such vocabulary file (vocabulary.json of `speechkeep data text`)")
     resolve_llm_dir(cfg.ctc.model.llm)
     resolve_encoder_dir(cfg.ctc.model.speech_encoder)
 
@@ -211,6 +217,8 @@ def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | 
     report = json.loads(Path(report_path).read_text())
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(model_dir / ADAPTOR_NAME)).items()}
     card = render_card(report, n_params=sum(v.numel() for v in state.values() if v.is_floating_point()))
+    if (to / "CARD.md").is_file():  # the front-end it replaces: its card (numbers and history) is kept below
+        card += history_section(to / "CARD.md", report)
     with atomic_path(to, own_names=(CONFIG_NAME, ADAPTOR_NAME, "CARD.md", "report.json")) as tmp:
         tmp.mkdir(parents=True)
         (tmp / CONFIG_NAME).write_text((model_dir / CONFIG_NAME).read_text())
@@ -218,6 +226,17 @@ def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | 
         (tmp / "CARD.md").write_text(card)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return to
+
+
+def history_section(old_card: Path, report: dict) -> str:
+    """The replaced front-end's card, headings moved two levels down, under '## History'."""
+    import datetime
+
+    old = old_card.read_text(encoding="utf-8")
+    demoted = "\n".join("##" + line if line.startswith("#") else line for line in old.splitlines())
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    return (f"\n## History\n\nThe front-end this one replaced ({when}), as its card described it:\n\n"
+            f"{demoted.rstrip()}\n")
 
 
 def render_card(report: dict, n_params: int) -> str:
@@ -236,7 +255,12 @@ def render_card(report: dict, n_params: int) -> str:
     copy_note = ("SmolLM2-135M-Instruct does not copy text on request (given the text question itself and the same "
                  "instruction, it answers or paraphrases it instead)" if llm == "bundled:smollm2-135m" else
                  "a small instruct LLM may not copy text on request (it answers or paraphrases the question instead)")
-    voices = ", ".join(f"{v} {n}" for v, n in corpus["voices"].items())
+    named = {v: n for v, n in corpus["voices"].items() if not v.startswith(("espeak-x-", "piper-x-"))}
+    voices = ", ".join(f"{v} {n}" for v, n in named.items())
+    for fam, what in (("espeak-x-", "extended eSpeak NG accent/variant voices"), ("piper-x-", "extended piper parameter voices")):
+        ext = {v: n for v, n in corpus["voices"].items() if v.startswith(fam)}
+        if ext:
+            voices += f"{'; ' if voices else ''}{len(ext)} {what} ({sum(ext.values()):,} utterances)"
     from speechkeep.align.corpus import DEFAULT_SOURCES, corpus_sources
 
     srcs = corpus_sources(corpus["config"].get("sources"))
@@ -244,6 +268,28 @@ def render_card(report: dict, n_params: int) -> str:
                  else " + ".join(f"`{Path(x).name if not x.startswith('webquestions:') else x}`" for x in srcs))
     answers = " and their distinct\n  reference answers (one piper and one eSpeak voice each)" if corpus["config"].get(
         "include_answers", True) else ""
+    ccfg = corpus["config"]
+    if corpus.get("texts"):
+        answers += (f"; and {corpus.get('general_utterances', 0):,} utterances of general English texts "
+                    f"({', '.join('`' + Path(t).name + '`' for t in corpus['texts'])}, {ccfg.get('general_voices_per_text', 1)} voice(s) "
+                    f"each, {100 * ccfg.get('piper_share', 0.5):.0f}% piper): {100 * corpus.get('outside_webquestions', 0):.1f}% of the "
+                    "utterances are from outside WebQuestions")
+    if ccfg.get("voice_pool", "standard") != "standard":
+        answers += f"; voice pool `{ccfg['voice_pool']}` ({corpus.get('n_voices', len(corpus['voices']))} voices used)"
+    aug = ccfg.get("augment") or {}
+    if aug.get("fraction"):
+        answers += (f"; {corpus.get('augmented_utterances', 0):,} augmented copies ({100 * aug['fraction']:.0f}% of the "
+                    f"utterances: {', '.join(f'{k} {n}' for k, n in corpus.get('augmentations', {}).items())})")
+    vocab_note = (f"the {ctc.get('ctc_vocab_size', ad['ctc_vocab_size']):,} tokens of `{Path(cfg['vocabulary']).name}` (general English + every "
+                  "single-character token, so any word can be spelled)" if cfg.get("vocabulary")
+                  else f"{ad['ctc_vocab_size']} LLM tokens\n  (every token in the corpus transcripts)")
+    masks = (f" SpecAugment masking on the features: {cfg['time_masks']} time masks of up to {cfg['time_mask_frames']} frames, "
+             f"{cfg['feature_masks']} channel masks of up to {cfg['feature_mask_channels']} channels."
+             if cfg.get("time_masks") or cfg.get("feature_masks") else "")
+    arch = ad.get("arch", "mlp")
+    arch_note = ("Linear -> ReLU (hidden {h}) -> Linear -> LLM width".format(h=ad['hidden_size']) if arch == "mlp" else
+                 f"Linear -> {ad['layers']}-layer {arch} (width {ad['hidden_size']}, {ad['heads']} heads, feed-forward "
+                 f"{ad['ffn_size']}, convolution width {ad['conv_kernel']}) -> Linear -> LLM width")
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     rows = []
     if "asr" in ev:
@@ -264,9 +310,8 @@ The adaptor of a speechkeep SpeechLLM (frozen speech encoder {enc} -> adaptor ->
 {llm}), trained so that speech maps to what the LLM reads. {load}
 
 ## What it is
-- Adaptor: {ad['stack_frames']} stacked {enc} frames -> Linear -> ReLU (hidden {ad['hidden_size']}) -> Linear -> LLM width, then
-  CTC onto the LLM's own vocabulary: logits = output x the frozen token embeddings of {ad['ctc_vocab_size']} LLM tokens
-  (every token in the corpus transcripts) + a learned blank. The LLM reads one input per token of the
+- Adaptor: {ad['stack_frames']} stacked {enc} frames -> {arch_note}, then
+  CTC onto the LLM's own vocabulary: logits = output x the frozen token embeddings of {vocab_note} + a learned blank. The LLM reads one input per token of the
   greedy CTC path: the posterior-weighted average of the token embeddings (`ctc_emit={ad['ctc_emit']}`).
 - {n_params:,} parameters, stored in fp16 (`adaptor.safetensors`). The LLM and the encoder are not
   stored: they are referenced by spec (`{llm}`, `{enc}`) in `speechkeep.json`.
@@ -279,7 +324,7 @@ The adaptor of a speechkeep SpeechLLM (frozen speech encoder {enc} -> adaptor ->
   (each by {corpus['config']['piper_voices_per_text']} piper and {corpus['config']['espeak_voices_per_text']} eSpeak voices){answers}; transcripts lower-cased. Voices: {voices}.
   Held-out voice never used: {report['eval_set']['voice']}.
 - Training: CTC, {ctc['steps']} steps of batch {cfg['batch_size']}, AdamW lr {cfg['lr']} (warmup {cfg['warmup_steps']}, cosine to 10%),
-  {ctc['train_minutes']:.1f} min on {report['machine']}; final CTC loss {ctc['final_loss']}.
+  {ctc['train_minutes']:.1f} min on {report['machine']}; final CTC loss {ctc['final_loss']}.{masks}
   {ctc['dropped_infeasible']} utterances with more tokens than CTC frames were left out. The final step's weights
   are shipped (no checkpoint selection on the evaluation set).
 

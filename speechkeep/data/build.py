@@ -172,11 +172,12 @@ def _resumable(out: Path) -> bool:
 
 
 def _voice_pools(cfg: DataBuildConfig) -> tuple[list[str], list[str]]:
-    from speechkeep.data.tts import VOICES
+    from speechkeep.data.tts import VOICES, is_voice
 
     for name in [*cfg.voices, *cfg.eval_voices]:
-        if name not in VOICES:
-            raise UsageError(f"unknown voice {name!r}; valid voices: {', '.join(VOICES)}")
+        if not is_voice(name):
+            raise UsageError(f"unknown voice {name!r}; valid voices: {', '.join(VOICES)}, or one of the extended pool "
+                             "(espeak-x-..., piper-x-...)")
     both = sorted(set(cfg.voices) & set(cfg.eval_voices))
     if both:
         raise UsageError(f"voice(s) {', '.join(both)} given both as voices and as held-out eval voices")
@@ -190,7 +191,7 @@ def _voice_pools(cfg: DataBuildConfig) -> tuple[list[str], list[str]]:
 
 
 def _plan(items, cfg: DataBuildConfig, out: Path) -> list[_Planned]:
-    from speechkeep.data.tts import TTS_VERSION, VOICES, assign_voice
+    from speechkeep.data.tts import TTS_VERSION, assign_voice, get_voice
 
     pool, held = _voice_pools(cfg)
     plans = []
@@ -218,7 +219,7 @@ def _plan(items, cfg: DataBuildConfig, out: Path) -> list[_Planned]:
             else:
                 split = cfg.split
                 voice = assign_voice(salt, held if split == cfg.eval_split and held else pool)
-            params = json.dumps([it.text, voice, VOICES[voice].engine, VOICES[voice].params,
+            params = json.dumps([it.text, voice, get_voice(voice).engine, get_voice(voice).params,
                                  cfg.deterministic_tts, cfg.seed, TTS_VERSION], sort_keys=True, ensure_ascii=False)
             fp = "tts:" + hashlib.sha1(params.encode("utf-8")).hexdigest()
         plans.append(_Planned(it, stem, voice, split, out / "audio" / voice / f"{stem}.wav", fp))

@@ -58,7 +58,30 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_build_arguments(build)
     build.set_defaults(func=run_data_build)
+    from speechkeep.data.text import TextCorpusConfig
+
+    text = sub.add_parser(
+        "text", help="general English text corpus: training texts, a general held-out set, the CTC vocabulary, a card",
+        description="Gather general English text available offline (WordNet sentences, everyday requests, text the LLM "
+                    "writes, WebQuestions training questions, text files), clean it, hold out a general text set no "
+                    "training text contains, count the CTC vocabulary with a spelling fallback and its held-out "
+                    "coverage. Writes OUT/train.jsonl, heldout.jsonl, vocabulary.json, info.json, CARD.md (sources "
+                    "and licenses). The LLM-written text is cached: a re-run continues.")
+    add_config_arguments(text, TextCorpusConfig, ())
+    text.set_defaults(func=run_data_text)
     return data
+
+
+def run_data_text(args: argparse.Namespace) -> int:
+    """Run ``data text``; print the card."""
+    from pathlib import Path
+
+    from speechkeep.data.text import TextCorpusConfig, build_text_corpus
+
+    cfg = config_from_args(args, TextCorpusConfig)[0]
+    build_text_corpus(cfg)
+    print((Path(cfg.out) / "CARD.md").read_text(encoding="utf-8"))
+    return 0
 
 
 def build_config(args: argparse.Namespace) -> DataBuildConfig:

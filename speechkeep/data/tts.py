@@ -147,16 +147,85 @@ VOICES: dict[str, Voice] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# The extended voice pool (issue 16): every eSpeak NG English accent x every voice variant, and a grid
+# of piper's voice parameters. Not in VOICES (whose 13 names the recipes list); resolved by get_voice.
+
+ESPEAK_ENGLISH = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-us-nyc", "en-029", "en-gb-x-gbclan",
+                  "en-gb-x-gbcwmd")
+"""eSpeak NG's English accents: US, British (southern), Received Pronunciation, Scottish, New York City,
+Caribbean, Lancastrian, West Midlands (en-Shaw, written in the Shavian alphabet, is not a spoken accent)."""
+
+PIPER_GRID = {"length_scale": (0.8, 0.9, 1.0, 1.1, 1.25), "pitch_factor": (0.89, 0.94, 1.0, 1.05),
+              "noise_scale": (0.4, 0.667, 0.9), "noise_w": (0.5, 0.8, 1.0)}
+"""piper voice parameters of the extended pool (every combination). The pitch stays below the held-out
+voice piper-joe-high's +2 semitones (1.12), so that voice's pitch is never heard in training."""
+
+
+def _unit(key: str) -> float:
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2 ** 64
+
+
+@functools.cache
+def extended_voices() -> dict[str, Voice]:
+    """The extended pool: ``espeak-x-<accent>-<variant>`` (rate 130-200 wpm, pitch 30-70, range 30-80,
+    drawn per name from a hash: the same on every machine) and ``piper-x-ls..-pf..-ns..-nw..``."""
+    import itertools
+
+    out: dict[str, Voice] = {}
+    try:
+        import espeakng_loader
+
+        vdir = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
+        variants = sorted(p.name for p in vdir.iterdir() if p.is_file() and _SAFE_ID.fullmatch(p.name))
+    except (ImportError, OSError):
+        variants = []
+    for accent in ESPEAK_ENGLISH:
+        for var in variants:
+            name = f"espeak-x-{accent}-{var.lower()}"
+            rate = 130 + int(_unit(name + ":rate") * 71)
+            pitch = 30 + int(_unit(name + ":pitch") * 41)
+            rng = 30 + int(_unit(name + ":range") * 51)
+            out[name] = _espeak(name, f"eSpeak NG accent {accent}, variant {var}, {rate} wpm, pitch {pitch}, range {rng}.",
+                                f"{accent}+{var}", rate=rate, pitch=pitch, pitch_range=rng)
+    keys = list(PIPER_GRID)
+    for combo in itertools.product(*(PIPER_GRID[k] for k in keys)):
+        params = dict(zip(keys, combo))
+        name = "piper-x-ls{length_scale:g}-pf{pitch_factor:g}-ns{noise_scale:g}-nw{noise_w:g}".format(**params)
+        out[name] = _piper(name, f"Piper joe with {', '.join(f'{k}={v:g}' for k, v in params.items())}.", **params)
+    return out
+
+
+def get_voice(name: str) -> Voice:
+    """A voice of :data:`VOICES` or of the extended pool; DataError for an unknown name."""
+    v = VOICES.get(name) or extended_voices().get(name)
+    if v is None:
+        raise DataError(f"unknown voice {name!r}; valid voices: {', '.join(VOICES)}, or one of the "
+                        f"{len(extended_voices())} of the extended pool (espeak-x-..., piper-x-...; "
+                        "speechkeep.data.tts.extended_voices())")
+    return v
+
+
+def is_voice(name: str) -> bool:
+    """Whether ``name`` is a voice of :data:`VOICES` or of the extended pool."""
+    return name in VOICES or name in extended_voices()
+
+
+def voice_pool(pool: str, engine: str | None = None) -> list[str]:
+    """The voice names of a pool: 'standard' (:data:`VOICES`), 'extended', or 'all' (both); optionally one engine."""
+    if pool not in ("standard", "extended", "all"):
+        raise DataError(f"unknown voice pool {pool!r}; valid: standard, extended, all")
+    names = ([*VOICES] if pool in ("standard", "all") else []) + ([*extended_voices()] if pool != "standard" else [])
+    return [n for n in names if engine is None or get_voice(n).engine == engine]
+
+
 def list_voices() -> dict[str, str]:
     """Every voice name mapped to its one-line description, in registry order."""
     return {name: voice.description for name, voice in VOICES.items()}
 
 
 def _get_voice(name: str) -> Voice:
-    try:
-        return VOICES[name]
-    except KeyError:
-        raise DataError(f"unknown voice {name!r}; valid voices: {', '.join(VOICES)}") from None
+    return get_voice(name)
 
 
 # ---------------------------------------------------------------------------------------------

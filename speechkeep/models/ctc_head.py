@@ -26,14 +26,36 @@ def ctc_feasible(n_frames: int, labels: Sequence[int]) -> bool:
     return 0 < len(labels) and len(labels) + repeats <= n_frames
 
 
-def ctc_loss(adaptor, frames: list[torch.Tensor], targets: list[list[int]], vocab_emb: torch.Tensor) -> torch.Tensor:
-    """Mean CTC loss (per target token, then over the batch) of a batch; targets are CTC labels (1..V)."""
+def ctc_loss(adaptor, frames: list[torch.Tensor], targets: list[list[int]], vocab_emb: torch.Tensor,
+             compact: bool = True) -> torch.Tensor:
+    """Mean CTC loss (per target token, then over the batch) of a batch; targets are CTC labels (1..V).
+
+    ``compact`` (the default) is the same loss, cheaper for a large vocabulary: CTC's forward-backward only
+    reads the log-probabilities of the blank and of the labels in the batch's targets, so the softmax is
+    normalized over all 1+V classes once per frame (a log-sum-exp on the unpadded frames) and only those
+    columns (typically a few thousand of tens of thousands), plus one column with the rest of the
+    probability mass, enter the padded CTC computation. Values and
+    gradients equal the full computation's (``compact=False``) up to float rounding (tested)."""
     hs = adaptor.frame_outputs(frames)
     lens = torch.tensor([h.shape[0] for h in hs])
-    logp = torch.log_softmax(adaptor.ctc_logits(torch.cat(hs), vocab_emb).float(), dim=-1)
-    padded = nn.utils.rnn.pad_sequence(list(torch.split(logp, lens.tolist())), batch_first=False)
-    tgt = torch.tensor([t for ts in targets for t in ts], dtype=torch.long, device=logp.device)
+    logits = adaptor.ctc_logits(torch.cat(hs), vocab_emb).float()
+    tgt = torch.tensor([t for ts in targets for t in ts], dtype=torch.long, device=logits.device)
     tlen = torch.tensor([len(ts) for ts in targets], dtype=torch.long)
+    if compact:
+        used = torch.unique(tgt)  # sorted labels 1..V of this batch
+        cols = torch.cat([used.new_zeros(1), used])
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        logp = logits[:, cols] - lse
+        if cols.numel() < logits.shape[1]:
+            # one more column holding the remaining probability mass, so each frame's compact distribution sums to
+            # 1: torch's CTC backward returns exp(log_probs) - posteriors, which is the true gradient only when
+            # composed with a normalization over all the columns it sees (with it, the gradients are exact)
+            rest = torch.logsumexp(logits.index_fill(1, cols, float("-inf")), dim=-1, keepdim=True) - lse
+            logp = torch.cat([logp, rest], dim=-1)
+        tgt = torch.searchsorted(used, tgt) + 1
+    else:
+        logp = torch.log_softmax(logits, dim=-1)
+    padded = nn.utils.rnn.pad_sequence(list(torch.split(logp, lens.tolist())), batch_first=False)
     return nn.functional.ctc_loss(padded, tgt, lens, tlen, blank=0, reduction="mean", zero_infinity=True)
 
 
