@@ -159,6 +159,7 @@ KNOWN_OUTPUTS: dict[str, tuple[str, ...]] = {
     "heatmap": ("heatmaps.json",),
     "align": ("report.json", "corpus/manifest.jsonl", "corpus/audio", "ctc/metrics.csv", "eval/manifest.jsonl"),
     "align-export": ("CARD.md",),
+    "reproduce": ("times.json", "cells.json", "results.json", "data/eval/manifest.jsonl"),
     "demo": ("report.md", "demo_summary.json", "data/train/audio", "data/train/manifest.jsonl"),
 }
 
