@@ -271,11 +271,12 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
 
     # --- setup
     n_eval = noft["n"] if noft else None
+    targets = "the LLM's own greedy answers" if cfg.teacher else "the responses of the question file"
     s = Section("Setup").p(
         f"{preset.title}. LLM {cfg.llm}, speech encoder {cfg.speech_encoder}; every strategy starts from "
         f"{init or 'a fresh adaptor'}, trains {cfg.steps} optimizer steps of {cfg.batch_size} on the same spoken "
         f"training set ({cfg.n_train} {cfg.train_questions} questions, "
-        f"{'the LLM's own greedy answers' if cfg.teacher else 'the responses of the question file'} as targets; tasks "
+        f"{targets} as targets; tasks "
         f"{cfg.resolved_train_tasks()}), seed {cfg.seed}; LoRA/default lr {cfg.lr:g}, full and layer_lr lr {cfg.full_lr:g}, "
         f"upscale new-block lr {cfg.upscale_lr:g}, aligned adaptor lr {cfg.adaptor_lr:g}.").p(
         f"Evaluation: {n_eval if n_eval is not None else '?'} held-out questions ({cfg.eval_questions}) spoken by the "
