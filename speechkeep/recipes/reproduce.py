@@ -183,6 +183,10 @@ class ReproduceConfig(Checked):
     """Held-out answers the deactivation perplexities are measured on (None: all)."""
     heatmap_layer: int | None = ranged(None, ge=0)
     """Second layer of the heatmaps (besides layer 0); None: the LLM's last layer."""
+    heatmap_matrices: list[str] | None = None
+    """Parameter names drawn in the heatmaps (None: q, o and down projections of layer 0 and of heatmap_layer)."""
+    dry_run: bool = False
+    """Only list the cells (done, skipped, to run) with their commands and time estimates; write nothing."""
     reuse: str | None = None
     """Another comparison directory whose data/train, data/eval and eval/noft cells to link (same questions and voice) instead of recomputing them."""
     overwrite: bool = False
@@ -348,8 +352,8 @@ def plan_cells(cfg: ReproduceConfig, init: str | None) -> list[Cell]:
             needs=("importance/base", "data/eval"), kind="deactivate"))
         d = out / "heatmap" / "base"
         cells.append(Cell("heatmap/base", d, lambda d=d: [
-            "speechkeep", "heatmap", f"importance={imp_base}", f"layer={_heatmap_layer(cfg, imp_base)}", f"out={d}"],
-            _run_importance_command, lambda d=d: (d / "heatmaps.json").is_file(), needs=("importance/base",),
+            "speechkeep", "heatmap", f"importance={imp_base}", f"layer={_heatmap_layer(cfg, imp_base)}", *_matrices(cfg),
+            f"out={d}"], _run_importance_command, lambda d=d: (d / "heatmaps.json").is_file(), needs=("importance/base",),
             kind="heatmap"))
 
     fill = dict(full_lr=cfg.full_lr, upscale_lr=cfg.upscale_lr, importance=imp_base if cfg.importance else "null")
@@ -379,7 +383,7 @@ def plan_cells(cfg: ReproduceConfig, init: str | None) -> list[Cell]:
             d = out / "heatmap" / name
             cells.append(Cell(f"heatmap/{name}", d, lambda d=d, run_dir=run_dir: [
                 "speechkeep", "heatmap", f"before={cfg.llm}", f"after={run_dir}", f"layer={_heatmap_layer(cfg, imp_base)}",
-                f"out={d}"], _run_importance_command, lambda d=d: (d / "heatmaps.json").is_file(),
+                *_matrices(cfg), f"out={d}"], _run_importance_command, lambda d=d: (d / "heatmaps.json").is_file(),
                 needs=(f"train/{name}", "importance/base"), kind="heatmap",
                 skip_reason=lambda run_dir=run_dir, strategy=variant.strategy: _heatmap_skip(run_dir, strategy)))
     return cells
@@ -392,6 +396,10 @@ def _flow(d: dict) -> str:
 def _importance_argv(cfg: ReproduceConfig, model: str, manifest: Path, out: Path) -> list[str]:
     return ["speechkeep", "importance", f"model={model}", f"data={manifest}", "input=text",
             f"fraction={cfg.importance_fraction}", f"batch_size={cfg.importance_batch_size}", "seed=0", f"out={out}"]
+
+
+def _matrices(cfg: ReproduceConfig) -> list[str]:
+    return [f"matrices=[{', '.join(cfg.heatmap_matrices)}]"] if cfg.heatmap_matrices else []
 
 
 def _heatmap_layer(cfg: ReproduceConfig, imp_base: Path) -> int:
@@ -585,6 +593,8 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
                                                         f"init_from={cfg.init_from}"]))
     cells = plan_cells(cfg, init)
     todo = select_cells(cells, cfg.only)
+    if cfg.dry_run:
+        return _dry_run(out, cells, todo)
     with guard:
         if cfg.reuse:
             _link_reused(out, Path(cfg.reuse))
@@ -596,6 +606,25 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         log(stopped)
     log(f"wrote {out / 'report.html'}, {out / 'report.md'} and {out / 'results.json'}")
     return results
+
+
+def _dry_run(out: Path, cells: list[Cell], todo: list[Cell]) -> dict:
+    """List the cells and what a run would do; writes nothing."""
+    ledger = Ledger(out) if out.is_dir() else None
+    states = {}
+    for i, c in enumerate(todo, 1):
+        skipped = ledger.cells.get(c.name, {}).get("skipped") if ledger else None
+        state = "done" if c.done() else f"skipped ({skipped})" if skipped else "to run"
+        est = ledger.estimate(c, cells) if ledger else None
+        states[c.name] = state
+        try:
+            cmd = shlex.join(c.command())
+        except Exception as e:  # noqa: BLE001 - a command that reads an unfinished cell
+            cmd = f"(built when it runs: {type(e).__name__})"
+        print(f"[{i}/{len(todo)}] {c.name}: {state}" + (f", est. {_fmt(est)}" if state == "to run" else ""))
+        if state == "to run":
+            print(f"  $ {cmd}")
+    return {"cells": states}
 
 
 def _link_reused(out: Path, other: Path) -> None:
