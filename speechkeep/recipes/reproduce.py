@@ -584,8 +584,11 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
 
     check_config(cfg)
     out = Path(cfg.out)
+    from speechkeep.data.questions import resolve_question_sources
+
+    questions = [] if cfg.train_data else resolve_question_sources(cfg.train_questions)
     guard = OutputDir(out, "reproduce", overwrite=cfg.overwrite, key="out", keep=has_files,
-                      inputs=[cfg.train_data, cfg.reuse])
+                      inputs=[cfg.train_data, cfg.reuse, *questions, *resolve_question_sources(cfg.eval_questions)])
     guard.check()
     resolve_llm_dir(cfg.llm)
     resolve_encoder_dir(cfg.speech_encoder)
