@@ -133,9 +133,12 @@ def test_budget_stops_before_a_cell_and_the_report_says_what_is_left(reproduced,
     out = reproduced
     extra = "extra_cells={lora_r2: [strategy=lora, lora.r=2]}"
     capsys.readouterr()
-    assert main(["reproduce", str(tiny_config), f"out={out}", extra, "--budget-minutes", "0.00001"]) == 0
+    assert main(["reproduce", str(tiny_config), f"out={out}", extra, "eval_batch_size=3", "--budget-minutes", "0.00001"]) == 0
     log = capsys.readouterr().out
     assert "stopped at the budget" in log and not (out / "runs" / "lora_r2").exists()
+    # a finished cell is kept, with a note when this config would give it another command
+    assert "note: eval/lora was made by another command" in log and "batch_size=3" in log
+    assert "note: train/lora" not in log
     assert "train/lora_r2" in (out / "report.md").read_text().split("Not finished yet")[1].split("\n")[0]
 
 

@@ -655,6 +655,10 @@ def _run_cells(cfg: ReproduceConfig, out: Path, cells: list[Cell], todo: list[Ce
             if cell.name not in ledger.cells:  # made earlier (e.g. by benchmarks/strategy_comparison.py)
                 ledger.record(cell, _safe_command(cell), ledger.times.get(cell.time_key), None)
             log(f"[{i}/{n}] {cell.name}: done")
+            made, now = ledger.cells[cell.name].get("command"), _safe_command(cell)
+            if made and now and made != shlex.join(now):
+                log(f"  note: {cell.name} was made by another command than this config gives (kept as it is; delete "
+                    f"{cell.directory} to redo it):\n    made: {made}\n    now:  {shlex.join(now)}")
             continue
         if ledger.cells.get(cell.name, {}).get("skipped"):
             log(f"[{i}/{n}] {cell.name}: skipped ({ledger.cells[cell.name]['skipped']})")

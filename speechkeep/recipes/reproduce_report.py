@@ -144,6 +144,10 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _absent(cfg, cells: str) -> str:
+    return "importance cells are off (importance=false)" if not cfg.importance else f"not run yet (cell {cells})"
+
+
 def verdict(c, higher_is_better: bool = True) -> str:
     """'higher' / 'lower' only for a significant difference; otherwise 'no significant difference'."""
     if not c.significant:
@@ -414,7 +418,7 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
         s1.p(f"Perplexity of {deact.get('n_eval')} held-out answers (text input) with {pct} of the "
              f"{deact.get('n_scored_params', 0):,} scored parameters zeroed; parameters ranked by first-order Taylor importance.")
     else:
-        s1.p("not run yet (cell deactivate/base)")
+        s1.p(_absent(cfg, "deactivate/base"))
     sections.append(s1)
 
     # --- Fig 1
@@ -429,7 +433,7 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
                  [[k, f"{v['rows']:.2f} ({v['rows_random']:.2f})", f"{v['cols']:.2f} ({v['cols_random']:.2f})"]
                   for k, v in hm["rank_clustering"].items()])
     else:
-        f1.p("not run yet (cell heatmap/base)")
+        f1.p(_absent(cfg, "heatmap/base"))
     sections.append(f1)
 
     # --- Figs 2/3
@@ -449,7 +453,7 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
                     None if not math.isfinite(v["magnitude_ratio"]) else f"{v['magnitude_ratio']:.3f}",
                     f"{v['peak_layer_before']} -> {v['peak_layer_after']}"] for k, v in shift["shift"].items()])
     else:
-        f23.p("needs importance/base and at least one importance/<strategy> cell")
+        f23.p(_absent(cfg, "importance/base and at least one importance/<strategy>"))
     sections.append(f23)
 
     # --- Fig 4
@@ -469,18 +473,24 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
         f4.table(["strategy", "matrix", "mean |dW|", "max |dW|", "energy in top-8 singular directions"],
                  [[n, k, f"{v['mean_abs_change']:.2e}", f"{v['max_abs_change']:.2e}", None if v.get('energy_top8') is None else f"{v['energy_top8']:.3f}"]
                   for n, d in pc.items() for k, v in d.items()])
+    if not f4.blocks:
+        f4.p(_absent(cfg, "heatmap/<strategy>"))
     results["parameter_change"] = _finite(pc)
     sections.append(f4)
 
     # --- Pareto
     fp = Section("Pareto: T2T retention against S2T accuracy")
     pareto_rows = {labels.get(k, k): v for k, v in table2.items() if k != "No-FT (text LLM as is)"}
+    for k, v in pareto_rows.items():  # the cascade's LLM is the text LLM as is: its T2T is No-FT's
+        if k.startswith("cascade") and noft and noft.get("t2t"):
+            pareto_rows[k] = {**v, "t2t": noft["t2t"]}
     pts = pareto_points(pareto_rows, base_acc)
     results["pareto"] = pts
     if pts:
         plot_pareto(pts, figs / "pareto.png", retention=bool(base_acc))
         fp.fig(figs / "pareto.png", "Each strategy (and the cascade and the aligned front-end); red circles: the Pareto "
-               "front (no other model is at least as good on both axes). Error bars: 95% intervals.")
+               "front (no other model is at least as good on both axes). Error bars: 95% intervals of the S2T accuracy and of "
+               "the T2T accuracy (drawn on the retention scale).")
         fp.p("On the front: " + ", ".join(p["name"] for p in pts if p["pareto"]) + ".")
     else:
         fp.p("needs evaluations with both T2T and S2T")
