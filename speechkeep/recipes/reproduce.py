@@ -326,18 +326,19 @@ def plan_cells(cfg: ReproduceConfig, init: str | None) -> list[Cell]:
     run_eval = _load_and_run(EvalConfig, evaluate)
     eval_tasks = cfg.resolved_eval_tasks()
 
-    def eval_cell(name: str, model: str, tasks: list[str], needs: tuple[str, ...], baseline: bool = True) -> Cell:
+    def eval_cell(name: str, model: str, tasks: list[str], needs: tuple[str, ...], baseline: bool = True,
+                  kind: str = "eval") -> Cell:
         d = out / "eval" / name
         return Cell(f"eval/{name}", d, lambda: [
             "speechkeep", "eval", f"model={model}", f"data={eval_manifest}", f"out={d}", f"tasks=[{', '.join(tasks)}]",
             f"max_new_tokens={cfg.eval_max_new_tokens}", f"batch_size={cfg.eval_batch_size}",
             *([f"baseline={out / 'eval' / 'noft' / 'metrics.json'}"] if baseline else []), "overwrite=true"],
-            run_eval, lambda: _eval_done(d), needs=needs, kind="eval")
+            run_eval, lambda: _eval_done(d), needs=needs, kind=kind)
 
-    cells.append(eval_cell("noft", cfg.llm, list(cfg.noft_tasks), data_cells, baseline=False))
+    cells.append(eval_cell("noft", cfg.llm, list(cfg.noft_tasks), data_cells, baseline=False, kind="eval_noft"))
     speech_tasks = [t for t in eval_tasks if t in ("s2t", "asr")]
     if init is not None and speech_tasks:
-        cells.append(eval_cell("aligned", init, speech_tasks, data_cells, baseline=False))
+        cells.append(eval_cell("aligned", init, speech_tasks, data_cells, baseline=False, kind="eval_aligned"))
 
     imp_base = out / "importance" / "base"
     if cfg.importance:
@@ -370,7 +371,7 @@ def plan_cells(cfg: ReproduceConfig, init: str | None) -> list[Cell]:
                 f"data.batch_size={cfg.batch_size}", f"optim.lr={cfg.lr}", f"max_steps={cfg.steps}",
                 f"max_minutes={'none' if cfg.train_minutes is None else cfg.train_minutes}", f"output_dir={run_dir}",
                 f"save_every={cfg.save_every}", "resume=true", f"seed={cfg.seed}"]
-            return ["speechkeep", "train", *ov, *extra, *cfg.train_extra]
+            return ["speechkeep", "train", *_last_wins([*ov, *extra, *cfg.train_extra])]
 
         cells.append(Cell(f"train/{name}", run_dir, train_argv, run_train,
                           lambda run_dir=run_dir: (run_dir / "summary.json").is_file(), needs=needs, kind="train"))
@@ -387,6 +388,12 @@ def plan_cells(cfg: ReproduceConfig, init: str | None) -> list[Cell]:
                 needs=(f"train/{name}", "importance/base"), kind="heatmap",
                 skip_reason=lambda run_dir=run_dir, strategy=variant.strategy: _heatmap_skip(run_dir, strategy)))
     return cells
+
+
+def _last_wins(overrides: list[str]) -> list[str]:
+    """key=value overrides with only the last of each key (a later one wins anyway: the command line stays readable)."""
+    last = {o.split("=", 1)[0]: i for i, o in enumerate(overrides)}
+    return [o for i, o in enumerate(overrides) if last[o.split("=", 1)[0]] == i]
 
 
 def _flow(d: dict) -> str:
