@@ -510,11 +510,14 @@ class Ledger:
         write_json(self.times_path, self.times)
 
     def record(self, cell: Cell, command: list[str] | None, seconds: float | None, prov: dict | None,
-               skipped: str | None = None) -> None:
+               skipped: str | None = None, found: bool = False) -> None:
+        """``found``: a cell finished before this record existed (its finishing time and versions are unknown)."""
         from speechkeep.io import write_json
 
         entry = {"command": shlex.join(command) if command else None, "seconds": seconds,
-                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                 "finished": None if found else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if found:
+            entry["found"] = "finished before speechkeep reproduce recorded it (e.g. by benchmarks/strategy_comparison.py)"
         if skipped:
             entry["skipped"] = skipped
         if prov:
@@ -660,7 +663,7 @@ def _run_cells(cfg: ReproduceConfig, out: Path, cells: list[Cell], todo: list[Ce
         pending = [c for c in todo[i - 1:] if not c.done() and not ledger.cells.get(c.name, {}).get("skipped")]
         if cell.done():
             if cell.name not in ledger.cells:  # made earlier (e.g. by benchmarks/strategy_comparison.py)
-                ledger.record(cell, _safe_command(cell), ledger.times.get(cell.time_key), None)
+                ledger.record(cell, _safe_command(cell), ledger.times.get(cell.time_key), None, found=True)
             log(f"[{i}/{n}] {cell.name}: done")
             made, now = ledger.cells[cell.name].get("command"), _safe_command(cell)
             if made and now and made != shlex.join(now):
