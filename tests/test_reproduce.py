@@ -129,6 +129,28 @@ def test_finished_cells_are_skipped_and_an_incomplete_one_is_redone(reproduced, 
     assert re.findall(r"\] (\S+): running", log) == ["eval/lora"]
 
 
+def test_a_comparison_directory_without_records_is_taken_up_as_it_is(reproduced, tiny_config, tmp_path, capsys):
+    """What benchmarks/strategy_comparison.py left (cells and times.json, no cells.json, no marker) is reused."""
+    import shutil
+
+    from speechkeep.io import MARKER_PREFIX
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(reproduced, legacy, symlinks=True)
+    for name in ("cells.json", "report.html", "report.md", "results.json", MARKER_PREFIX + "reproduce"):
+        (legacy / name).unlink()
+    for name in ("figures", "importance", "deactivate", "heatmap"):  # the earlier comparisons had no importance cells
+        shutil.rmtree(legacy / name)
+    capsys.readouterr()
+    assert main(["reproduce", str(tiny_config), f"out={legacy}", "importance=false", "cells=[lora, full]"]) == 0
+    log = capsys.readouterr().out
+    assert ": running" not in log and "train/lora: done" in log and "eval/full: done" in log
+    record = json.loads((legacy / "cells.json").read_text())
+    assert set(record) == {"data/train", "data/eval", "eval/noft", "train/full", "eval/full", "train/lora", "eval/lora"}
+    assert all(r["found"] and r["finished"] is None and r["command"].startswith("speechkeep ") for r in record.values())
+    assert "importance cells are off" in (legacy / "report.md").read_text()
+
+
 def test_budget_stops_before_a_cell_and_the_report_says_what_is_left(reproduced, tiny_config, capsys):
     out = reproduced
     extra = "extra_cells={lora_r2: [strategy=lora, lora.r=2]}"
