@@ -267,6 +267,12 @@ def cmd_demo(args) -> None:
     run_demo(_config(args)[0])
 
 
+def cmd_reproduce(args) -> None:
+    from speechkeep.recipes.reproduce import run_reproduce
+
+    run_reproduce(_config(args)[0])
+
+
 def cmd_align(args) -> None:
     from speechkeep.align.recipe import run_align
 
@@ -337,6 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "for a few minutes, evaluate it on held-out questions and voice, write a report.")
     _job(p, DemoConfig)
     p.set_defaults(func=cmd_demo)
+
+    from speechkeep.recipes.reproduce import ReproduceConfig
+
+    p = sub.add_parser("reproduce", help="the seeds' whole comparison: every strategy, importance, tables, figures, report.html",
+                       description="Run No-FT, the cascade, the aligned front-end and every strategy cell on the same data, "
+                                   "seed, front-end and step budget; textual importance before and after each; evaluation "
+                                   "with 95% intervals and paired tests; then report.html (self-contained), report.md and "
+                                   "results.json. Every cell is resumable and skipped when finished: run the same command "
+                                   "again to go on. --only CELLS (comma-separated names or patterns) and --budget-minutes M "
+                                   "for short sessions.")
+    _job(p, ReproduceConfig, [Flag("only", kwargs={"nargs": None, "type": lambda s: [x for x in s.split(",") if x],
+                                                   "metavar": "CELLS"}), "budget_minutes", "out"])
+    p.set_defaults(func=cmd_reproduce)
 
     from speechkeep.align.recipe import AlignConfig
 

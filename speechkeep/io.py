@@ -162,6 +162,7 @@ KNOWN_OUTPUTS: dict[str, tuple[str, ...]] = {
     "align-export": ("CARD.md",),
     "data-text": ("info.json", "train.jsonl", "heldout.jsonl", "vocabulary.json"),
     "measure": ("measure.json", "clean/manifest.jsonl"),
+    "reproduce": ("times.json", "cells.json", "results.json", "data/eval/manifest.jsonl"),
     "demo": ("report.md", "demo_summary.json", "data/train/audio", "data/train/manifest.jsonl"),
 }
 

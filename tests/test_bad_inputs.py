@@ -26,7 +26,7 @@ from make_corpus import AUDIO, write_corpus  # noqa: E402
 from speechkeep.cli import main  # noqa: E402
 
 WRITERS = ["build", "data build", "train", "eval", "importance", "deactivate", "importance-compare", "heatmap",
-           "align", "demo"]
+           "align", "demo", "reproduce"]
 COMMANDS = WRITERS + ["ask", "models"]
 
 BASE = {
@@ -49,6 +49,9 @@ BASE = {
               "eval_voice=espeak-us-f2"],
     "demo": ["demo", "{config}", "out={out}", "webquestions={wq}", "llm={llm}", "speech_encoder={wh}", "n_train=1",
              "n_eval=1", "eval_voice=espeak-us-f2"],
+    "reproduce": ["reproduce", "{config}", "out={out}", "llm={llm}", "speech_encoder={wh}", "train_questions={questions}",
+                  "eval_questions={questions}", "n_train=1", "eval_limit=1", "teacher=false", "train_voices=[espeak-us-f2]",
+                  "eval_voice=espeak-us-m3", "steps=1", "only=[data/eval]"],  # if it ran: one small cell
     "models": ["models"],
 }
 
@@ -157,7 +160,7 @@ add("manifest-no_answers", ["train", "importance", "deactivate"], 0,
     slots={"data": "{c}/manifests/no_answers/manifest.jsonl"})
 
 # ---------------------------------------------------------------- config files, keys, types, ranges
-CONFIG_CMDS = ["build", "train", "align", "demo"]
+CONFIG_CMDS = ["build", "train", "align", "demo", "reproduce"]
 for fname, must in {"malformed.yaml": ["malformed.yaml:", "invalid YAML"],
                     "list.yaml": ["list.yaml", "must be a mapping"],
                     "unknown_key.yaml": ["unknown_key.yaml", "unknown config key 'nonsense_key'"],
@@ -184,6 +187,10 @@ OVERRIDES = {  # command -> [(override, substrings)]
     "demo": [("n_train=0", ["n_train", ">= 1"]), ("lr=-1", ["lr", "> 0"]), ("max_steps=x", ["max_steps", "cannot read"]),
              ("strategy=magic", ["unknown strategy 'magic'"]), ("extra={nonsense: 1}", ["unknown config key 'nonsense'"]),
              ("train_minutes=0", ["train_minutes", "> 0"])],
+    "reproduce": [("steps=0", ["steps", ">= 1"]), ("budget_minutes=-1", ["budget_minutes", "> 0"]),
+                  ("cells=[magic]", ["unknown cell 'magic'"]), ("only=[magic]", ["'magic' matches no cell"]),
+                  ("eval_voice=nobody", ["nobody"]), ("preset=every", ["preset", "not one of"]),
+                  ("train_extra=[optmi.lr=1]", ["unknown config key 'optmi'"]), ("full_lr=0", ["full_lr", "> 0"])],
 }
 FLAGS = {  # command -> [(args, substrings)]
     "eval": [(["--batch-size", "0"], ["--batch-size", ">= 1"]), (["--max-new-tokens", "0"], ["--max-new-tokens", ">= 1"]),
@@ -270,7 +277,7 @@ add("out-nonempty-overwrite", ["train"], 0, out="nonempty", extra=["overwrite=tr
 
 INPUT_AS_OUT = {"build": "{llm}", "data build": "{c}/questions", "train": "{c}/manifests/good", "eval": "{c}/manifests/good",
                 "importance": "{c}/manifests/good", "deactivate": "{imp}", "importance-compare": "{imp}",
-                "heatmap": "{imp}", "align": "{c}/wq", "demo": "{c}/wq"}
+                "heatmap": "{imp}", "align": "{c}/wq", "demo": "{c}/wq", "reproduce": "{c}/questions"}
 
 
 # ---------------------------------------------------------------- the workspace

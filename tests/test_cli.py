@@ -5,7 +5,7 @@ import pytest
 from speechkeep.cli import build_parser, main
 
 COMMANDS = ["models", "build", "ask", "data", "train", "eval", "demo", "importance", "deactivate",
-            "importance-compare", "heatmap", "export"]
+            "importance-compare", "heatmap", "export", "reproduce"]
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -108,6 +108,7 @@ def _job_commands():
     from speechkeep.evaluate.run import EvalConfig
     from speechkeep.importance.options import CompareConfig, DeactivateConfig, HeatmapConfig, ImportanceConfig
     from speechkeep.recipes.demo import DemoConfig
+    from speechkeep.recipes.reproduce import ReproduceConfig
     from speechkeep.train.config import TrainConfig
 
     # command -> (config class, [(old flags, the same as key=value)])
@@ -122,6 +123,8 @@ def _job_commands():
         "eval": (EvalConfig, [(["--tasks", "t2t", "asr", "--ctc-emit", "hard", "--batch-size", "3"],
                                ["tasks=[t2t, asr]", "ctc_emit=hard", "batch_size=3"])]),
         "demo": (DemoConfig, [(["--overwrite"], ["overwrite=true"])]),
+        "reproduce": (ReproduceConfig, [(["--only", "lora,eval/*", "--budget-minutes", "90", "--out", "o"],
+                                         ["only=[lora, eval/*]", "budget_minutes=90", "out=o"])]),
         "align": (AlignConfig, [(["--overwrite"], ["overwrite=true"])]),
         "data build": (DataBuildConfig, [(["--questions", "q.json", "--out", "o", "--voices", "a,b", "--no-features",
                                            "--no-progress", "--workers", "1", "--split-by-voice", "--encode-mode",

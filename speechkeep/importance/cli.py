@@ -184,7 +184,14 @@ def cmd_heatmap(args) -> None:
                                  f"{tuple(after[bad[0]].shape)}: not the same architecture")
             result["parameter_change"] = parameter_change_report(before, after, names, out / "parameter_change.png")
             for n, r in result["parameter_change"].items():
-                print(f"{n}: mean |dW| {r['mean_abs_change']:.2e}, energy in top-8 singular directions {r['energy_top8']:.3f}")
+                energy = r["energy_top8"]
+                energy = f"{energy:.3f}" if energy == energy else "undefined (no change)"
+                print(f"{n}: mean |dW| {r['mean_abs_change']:.2e}, energy in top-8 singular directions {energy}")
+        from speechkeep.evaluate.run import finite_or_none
+
+        bad = finite_or_none(result)  # JSON has no NaN: an unchanged matrix's low-rank energy is written as null
+        if bad:
+            result["non_finite"] = {"keys": bad, "note": "not finite (e.g. a matrix that did not change), written as null"}
         write_json(out / "heatmaps.json", result)
     print(f"wrote {out}/heatmaps.json and PNGs")
 

@@ -1,0 +1,545 @@
+"""The report of ``speechkeep reproduce``: ``report.html`` (self-contained, figures embedded as base64
+PNG), ``report.md`` (figures as files under ``figures/``) and ``results.json``, built from the cells'
+outputs on disk (any subset of finished cells: the report says what is missing).
+
+Contents: Table 1 (deactivation of the top/bottom/random parameters by textual importance), Table 2
+(T2T / S2T / retention / modality gap / ASR WER / perplexity per strategy, 95% bootstrap intervals),
+Table 3 (LoRA rank), seed 003's degradation reduction, paired tests of every strategy against the
+reference (``full``) and No-FT (exact McNemar on accuracy, paired bootstrap on WER; a difference is
+called one only when significant), Fig. 1 (rank clustering), Figs. 2/3 (layer-wise importance before
+and after each strategy, JS divergence and Spearman), Fig. 4 (parameter-change heatmaps), a Pareto plot
+of T2T retention against S2T accuracy, training curves, and the command, versions, machine and wall
+time of every cell.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FIGURES = "figures"
+
+
+# ---------------------------------------------------------------------------------------- a tiny document model
+@dataclass
+class Section:
+    """A report section: paragraphs, tables and figures, rendered to both Markdown and HTML."""
+
+    title: str
+    blocks: list[tuple] = field(default_factory=list)
+
+    def p(self, text: str) -> "Section":
+        self.blocks.append(("p", text))
+        return self
+
+    def table(self, header: list[str], rows: list[list[Any]]) -> "Section":
+        self.blocks.append(("table", header, rows))
+        return self
+
+    def fig(self, path: Path, caption: str) -> "Section":
+        self.blocks.append(("fig", path, caption))
+        return self
+
+    def items(self, items: list[str]) -> "Section":
+        self.blocks.append(("ul", items))
+        return self
+
+    def pre(self, text: str) -> "Section":
+        self.blocks.append(("pre", text))
+        return self
+
+
+def _cell_text(x: Any) -> str:
+    return "-" if x is None else str(x)
+
+
+def render_markdown(title: str, sections: list[Section], out: Path) -> str:
+    lines = [f"# {title}", ""]
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        for b in s.blocks:
+            if b[0] == "p":
+                lines += [b[1], ""]
+            elif b[0] == "ul":
+                lines += [f"- {x}" for x in b[1]] + [""]
+            elif b[0] == "pre":
+                lines += ["```", b[1], "```", ""]
+            elif b[0] == "table":
+                lines += ["| " + " | ".join(b[1]) + " |", "|" + "---|" * len(b[1])]
+                lines += ["| " + " | ".join(_cell_text(c).replace("|", "\\|") for c in r) + " |" for r in b[2]] + [""]
+            elif b[0] == "fig":
+                lines += [f"![{b[2]}]({b[1].relative_to(out).as_posix()})", "", f"*{b[2]}*", ""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #bbb;padding:4px 8px;text-align:left}
+th{background:#eee}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #ddd}figcaption{font-size:0.9em;color:#555}
+pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:0.8em;white-space:pre-wrap}code{font-size:0.85em}"""
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    """One self-contained page: every figure is embedded as a base64 data URI (no other file is read)."""
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    parts.append("<nav><ul>" + "".join(f'<li><a href="#s{i}">{e(s.title)}</a></li>' for i, s in enumerate(sections))
+                 + "</ul></nav>")
+    for i, s in enumerate(sections):
+        parts.append(f'<section id="s{i}"><h2>{e(s.title)}</h2>')
+        for b in s.blocks:
+            if b[0] == "p":
+                parts.append(f"<p>{e(b[1])}</p>")
+            elif b[0] == "ul":
+                parts.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in b[1]) + "</ul>")
+            elif b[0] == "pre":
+                parts.append(f"<pre>{e(b[1])}</pre>")
+            elif b[0] == "table":
+                parts.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in b[1]) + "</tr></thead><tbody>"
+                             + "".join("<tr>" + "".join(f"<td>{e(_cell_text(c))}</td>" for c in r) + "</tr>" for r in b[2])
+                             + "</tbody></table>")
+            elif b[0] == "fig":
+                data = base64.b64encode(Path(b[1]).read_bytes()).decode("ascii")
+                parts.append(f'<figure><img alt="{e(b[2])}" src="data:image/png;base64,{data}">'
+                             f"<figcaption>{e(b[2])}</figcaption></figure>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- numbers
+def _pct(x: float | None, nd: int = 1) -> str | None:
+    return None if x is None else f"{100 * x:.{nd}f}"
+
+
+def _acc(m: dict | None) -> str | None:
+    if not m or m.get("accuracy") is None:
+        return None
+    ci = m.get("ci95")
+    return _pct(m["accuracy"]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+
+
+def _wer(m: dict | None) -> str | None:
+    if not m or m.get("wer") is None:
+        return None
+    ci = m.get("ci95")
+    return _pct(m["wer"]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinity -> None (JSON has neither)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _absent(cfg, cells: str) -> str:
+    return "importance cells are off (importance=false)" if not cfg.importance else f"not run yet (cell {cells})"
+
+
+def verdict(c, higher_is_better: bool = True) -> str:
+    """'higher' / 'lower' only for a significant difference; otherwise 'no significant difference'."""
+    if not c.significant:
+        return "no significant difference"
+    return ("higher" if c.difference > 0 else "lower") + ("" if higher_is_better else " (worse)" if c.difference > 0 else " (better)")
+
+
+def _read_json(p: Path) -> dict | None:
+    try:
+        return json.loads(p.read_text()) if p.is_file() else None
+    except (ValueError, OSError):
+        return None
+
+
+def training_curve(run_dir: Path) -> dict[str, list[float]]:
+    """step and loss columns of a run's metrics.csv (empty if it has none)."""
+    p = run_dir / "metrics.csv"
+    if not p.is_file():
+        return {}
+    steps, loss = [], []
+    with open(p, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                s, v = int(row["step"]), float(row["loss"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            steps.append(s)
+            loss.append(v)
+    return {"step": steps, "loss": loss}
+
+
+# ---------------------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_points(rows: dict[str, dict], base_acc: float | None) -> list[dict]:
+    """Per model: x = T2T retention % (T2T accuracy % when No-FT's is 0), y = S2T accuracy %, with
+    intervals, and whether it is on the Pareto front (no other point is at least as good on both and
+    better on one)."""
+    pts = []
+    for name, m in rows.items():
+        t2t, s2t = m.get("t2t"), m.get("s2t")
+        if not t2t or not s2t:
+            continue
+        scale = (100 / base_acc) if base_acc else 100
+        pts.append({"name": name, "x": t2t["accuracy"] * scale, "y": 100 * s2t["accuracy"],
+                    "x_ci": [v * scale for v in t2t.get("ci95") or [t2t["accuracy"]] * 2],
+                    "y_ci": [100 * v for v in s2t.get("ci95") or [s2t["accuracy"]] * 2]})
+    for p in pts:
+        p["pareto"] = not any(q is not p and q["x"] >= p["x"] and q["y"] >= p["y"] and (q["x"] > p["x"] or q["y"] > p["y"])
+                              for q in pts)
+    return pts
+
+
+def plot_pareto(pts: list[dict], out: Path, retention: bool) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for p in pts:
+        ax.errorbar(p["x"], p["y"], xerr=[[p["x"] - p["x_ci"][0]], [p["x_ci"][1] - p["x"]]],
+                    yerr=[[p["y"] - p["y_ci"][0]], [p["y_ci"][1] - p["y"]]], fmt="o" if p["pareto"] else "s",
+                    ms=6, capsize=2, alpha=0.85, color="C3" if p["pareto"] else "C0")
+        ax.annotate(p["name"], (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = sorted((p for p in pts if p["pareto"]), key=lambda p: p["x"])
+    if len(front) > 1:
+        ax.plot([p["x"] for p in front], [p["y"] for p in front], "--", color="C3", lw=1, label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("T2T retention % of No-FT" if retention else "T2T accuracy % (No-FT scores 0: no retention)")
+    ax.set_ylabel("S2T accuracy %")
+    ax.set_title("Text ability kept vs speech ability gained (95% intervals)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_curves(curves: dict[str, dict], out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, c in curves.items():
+        if c.get("step"):
+            ax.plot(c["step"], c["loss"], label=name, lw=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training curves (metrics.csv of each run)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- the report
+def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
+    """Build the three reports from every finished cell; returns the results (also in results.json)."""
+    from speechkeep.config import config_to_dict
+    from speechkeep.evaluate.report import asr_errors, outcomes, paired, paired_wer
+    from speechkeep.evaluate.stats import degradation_reduction
+    from speechkeep.io import atomic_path, write_json
+    from speechkeep.recipes.reproduce import LORA_RANKS, Ledger
+
+    ev, figs = out / "eval", out / FIGURES
+    figs.mkdir(parents=True, exist_ok=True)
+    variants = cfg.variants()
+    ref = cfg.reference or cfg.resolved_preset().reference
+    ledger = Ledger(out)
+    metrics = {n: m for n in ["noft", "aligned", *variants] if (m := _read_json(ev / n / "metrics.json"))}
+    noft = metrics.get("noft")
+    names = [n for n in variants if n in metrics]
+    summaries = {n: s for n in variants if (s := _read_json(out / "runs" / n / "summary.json"))}
+    base_acc = noft["t2t"]["accuracy"] if noft and "t2t" in noft else None
+    results: dict[str, Any] = {"config": config_to_dict(cfg), "init_from": init, "reference": ref, "evaluations": metrics,
+                               "train_summaries": summaries}
+    sections: list[Section] = []
+    preset = cfg.resolved_preset()
+
+    # --- setup
+    n_eval = noft["n"] if noft else None
+    targets = "the LLM's own greedy answers" if cfg.teacher else "the responses of the question file"
+    s = Section("Setup").p(
+        f"{preset.title}. LLM {cfg.llm}, speech encoder {cfg.speech_encoder}; every strategy starts from "
+        f"{init or 'a fresh adaptor'}, trains {cfg.steps} optimizer steps of {cfg.batch_size} on the same spoken "
+        f"training set ({cfg.n_train} {cfg.train_questions} questions, "
+        f"{targets} as targets; tasks "
+        f"{cfg.resolved_train_tasks()}), seed {cfg.seed}; LoRA/default lr {cfg.lr:g}, full and layer_lr lr {cfg.full_lr:g}, "
+        f"upscale new-block lr {cfg.upscale_lr:g}, aligned adaptor lr {cfg.adaptor_lr:g}.").p(
+        f"Evaluation: {n_eval if n_eval is not None else '?'} held-out questions ({cfg.eval_questions}) spoken by the "
+        f"held-out voice {cfg.eval_voice}; greedy decoding, {cfg.eval_max_new_tokens} new tokens. Brackets: 95% "
+        "percentile-bootstrap intervals over the questions. A difference between two models is called a difference "
+        "only when its paired test is significant at the 5% level (exact McNemar for accuracy, paired bootstrap for WER); "
+        "otherwise the report says 'no significant difference'.")
+    missing = [c.name for c in cells if not c.done() and not ledger.cells.get(c.name, {}).get("skipped")]
+    if missing:
+        s.p(f"Not finished yet ({len(missing)} cells; run the same command again to go on): {', '.join(missing)}.")
+    sections.append(s)
+
+    # --- Table 2
+    rows, table2 = [], {}
+    if noft:
+        table2["No-FT (text LLM as is)"] = {"t2t": noft.get("t2t"), "ppl": noft.get("ppl")}
+        if "cascade" in noft:
+            c = noft["cascade"]
+            table2["cascade (Whisper transcript -> text LLM)"] = {
+                "s2t": c, "asr": {"wer": c.get("asr_wer"), "ci95": c.get("asr_wer_ci95")}}
+        if "aligned" in metrics:
+            table2["aligned front-end, before any strategy"] = {"t2t": noft.get("t2t"), **metrics["aligned"]}
+    labels = {n: variants[n].label for n in variants}
+    for n in names:
+        table2[n] = metrics[n]
+    for key, m in table2.items():
+        t2t, s2t = (m.get("t2t") or {}).get("accuracy"), (m.get("s2t") or {}).get("accuracy")
+        ppl = m.get("ppl") or {}
+        summ = summaries.get(key, {})
+        rows.append([labels.get(key, key), _acc(m.get("t2t")), _acc(m.get("s2t")),
+                     _pct(t2t / base_acc) if t2t is not None and base_acc else None,
+                     _pct(t2t - s2t) if t2t is not None and s2t is not None else None, _wer(m.get("asr")),
+                     " / ".join(f"{ppl[k]:.2f}" for k in ("text", "speech") if ppl.get(k) is not None) or None,
+                     summ.get("steps"), f"{summ['trainable_params']:,}" if summ.get("trainable_params") else None])
+    sections.append(Section("Table 2: text and speech ability per strategy").table(
+        ["model", "T2T acc % [95% CI]", "S2T acc % [95% CI]", "T2T retention %", "modality gap (points)",
+         "ASR WER % [95% CI]", "perplexity text / speech", "steps", "trainable params"], rows).p(
+        "Retention: T2T accuracy / No-FT's T2T accuracy. Modality gap: T2T - S2T. ASR: the LLM's own transcript of the "
+        "spoken question (Whisper-normalized); the cascade's row is Whisper's. Perplexity of the held-out teacher answers."))
+    results["table2"] = rows
+
+    # --- paired tests
+    comps: list[dict] = []
+
+    def add(a_name, a_dir, b_name, b_dir, task, what):
+        try:
+            c = paired(outcomes(a_dir, task), outcomes(b_dir, task))
+        except (ValueError, OSError):
+            return
+        comps.append({"a": a_name, "b": b_name, "task": what, **c.to_dict(), "verdict": verdict(c), "describe": c.describe()})
+
+    others = [x for x in dict.fromkeys([ref, "full"]) if x in metrics]
+    for n in names:
+        if noft and "t2t" in noft:
+            add(n, ev / n, "No-FT", ev / "noft", "t2t", "T2T")
+        if noft and "cascade" in noft and "s2t" in metrics[n]:
+            try:
+                c = paired(outcomes(ev / n, "s2t"), outcomes(ev / "noft", "cascade"))
+                comps.append({"a": n, "b": "cascade (No-FT's speech path)", "task": "S2T", **c.to_dict(),
+                              "verdict": verdict(c), "describe": c.describe()})
+            except (ValueError, OSError):
+                pass
+        for o in others:
+            if o == n:
+                continue
+            add(n, ev / n, o, ev / o, "t2t", "T2T")
+            add(n, ev / n, o, ev / o, "s2t", "S2T")
+            if "asr" in metrics[n] and "asr" in metrics[o]:
+                try:
+                    w = paired_wer(asr_errors(ev / n), asr_errors(ev / o))
+                    comps.append({"a": n, "b": o, "task": "ASR WER", **w.to_dict(), "verdict": verdict(w, False),
+                                  "describe": w.describe()})
+                except (ValueError, OSError):
+                    pass
+    results["comparisons"] = comps
+    sections.append(Section(f"Paired significance: every strategy against No-FT, the cascade and {' and '.join(others) or ref}").table(
+        ["A", "B", "task", "A - B (points)", "95% CI", "A only / B only", "p", "verdict"],
+        [[c["a"], c["b"], c["task"], f"{100 * c['difference']:+.1f}", f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}",
+          f"{c['only_a']} / {c['only_b']}" if "only_a" in c else None, f"{c['p_value']:.3g}" if c.get("p_value") is not None else "bootstrap", c["verdict"]] for c in comps]))
+
+    # --- degradation reduction (seed 003)
+    red = {}
+    if noft and "full" in metrics:
+        try:
+            base_o, full_o = outcomes(ev / "noft", "t2t"), outcomes(ev / "full", "t2t")
+            ids = sorted(base_o)
+            for n in names:
+                if n != "full":
+                    x = outcomes(ev / n, "t2t")
+                    if all(i in x and i in full_o for i in ids):
+                        red[n] = degradation_reduction([base_o[i] for i in ids], [full_o[i] for i in ids], [x[i] for i in ids])
+        except (ValueError, OSError):
+            pass
+    results["degradation_reduction"] = {k: v.to_dict() for k, v in red.items()}
+    s = Section("Degradation reduction against full fine-tuning (seed 003)").p(
+        "(drop_full - drop_X) / drop_full, drop = No-FT's T2T accuracy - the model's; 95% interval over paired bootstrap "
+        "resamples of the questions.")
+    s.items([f"{labels.get(k, k)}: {v.describe()}" for k, v in red.items()] or ["needs the No-FT and full evaluations"])
+    sections.append(s)
+
+    # --- Table 3
+    lora_rows = []
+    for n, r in LORA_RANKS.items():
+        if n in metrics:
+            m, summ = metrics[n], summaries.get(n, {})
+            t2t = (m.get("t2t") or {}).get("accuracy")
+            vs8 = next((c for c in comps if c["a"] == n and c["b"] == "lora" and c["task"] == "S2T"), None)
+            lora_rows.append([r, _acc(m.get("t2t")), _acc(m.get("s2t")), _pct(t2t / base_acc) if t2t is not None and base_acc else None,
+                              _wer(m.get("asr")), f"{summ['trainable_params']:,}" if summ.get("trainable_params") else None])
+    if "lora" in metrics:
+        for n in ("lora_r16", "lora_r24"):
+            if n in metrics:
+                for task in ("t2t", "s2t"):
+                    try:
+                        c = paired(outcomes(ev / n, task), outcomes(ev / "lora", task))
+                        comps.append({"a": n, "b": "lora", "task": task.upper(), **c.to_dict(), "verdict": verdict(c),
+                                      "describe": c.describe()})
+                    except (ValueError, OSError):
+                        pass
+    s3 = Section("Table 3: LoRA rank").table(["rank", "T2T acc % [95% CI]", "S2T acc % [95% CI]", "T2T retention %",
+                                              "ASR WER % [95% CI]", "trainable params"], lora_rows)
+    s3.items([f"{c['a']} vs {c['b']} {c['task']}: {c['describe']}" for c in comps if c["b"] == "lora" and c["a"] in LORA_RANKS]
+             or ["paired tests against r=8 need the r=8 run and another rank"])
+    sections.append(s3)
+    results["table3"] = lora_rows
+
+    # --- Table 1
+    deact = _read_json(out / "deactivate" / "base" / "deactivation.json")
+    results["table1"] = deact
+    s1 = Section("Table 1: deactivation by textual importance (base LLM)")
+    if deact:
+        pct = f"{100 * cfg.deactivate_fraction:g}%"
+        s1.table(["untouched", f"top {pct} zeroed", f"bottom {pct} zeroed", f"random {pct} zeroed"],
+                 [[f"{deact[k]:.3g}" if isinstance(deact.get(k), (int, float)) else None for k in ("base", "top", "bottom", "random")]])
+        s1.p(f"Perplexity of {deact.get('n_eval')} held-out answers (text input) with {pct} of the "
+             f"{deact.get('n_scored_params', 0):,} scored parameters zeroed; parameters ranked by first-order Taylor importance.")
+    else:
+        s1.p(_absent(cfg, "deactivate/base"))
+    sections.append(s1)
+
+    # --- Fig 1
+    f1 = Section("Fig. 1: rank clustering of textual importance (base LLM)")
+    hm = _read_json(out / "heatmap" / "base" / "heatmaps.json")
+    results["rank_clustering"] = (hm or {}).get("rank_clustering")
+    if hm and (out / "heatmap" / "base" / "rank_clustering.png").is_file():
+        dst = figs / "fig1_rank_clustering.png"
+        shutil.copyfile(out / "heatmap" / "base" / "rank_clustering.png", dst)
+        f1.fig(dst, "Share of the top-5% parameters in each 3x3 neighbourhood: rows/columns where important weights cluster")
+        f1.table(["matrix", "rows concentration (random)", "columns concentration (random)"],
+                 [[k, f"{v['rows']:.2f} ({v['rows_random']:.2f})", f"{v['cols']:.2f} ({v['cols_random']:.2f})"]
+                  for k, v in hm["rank_clustering"].items()])
+    else:
+        f1.p(_absent(cfg, "heatmap/base"))
+    sections.append(f1)
+
+    # --- Figs 2/3
+    f23 = Section("Figs. 2/3: layer-wise textual importance before and after each strategy")
+    imp = [n for n in names if (out / "importance" / n / "summary.json").is_file()]
+    if (out / "importance" / "base" / "summary.json").is_file() and imp:
+        from speechkeep.importance.distribution import compare_runs
+
+        shift = compare_runs([str(out / "importance" / "base")] + [str(out / "importance" / n) for n in imp],
+                             ["base LLM"] + imp, str(figs / "fig23_layer_importance.png"))
+        shift.pop("plot", None)
+        results["importance_shift"] = _finite(shift)
+        f23.fig(figs / "fig23_layer_importance.png", "Share of each layer in the total textual importance (original "
+                "layers; an up-scaled model's inserted blocks are left out)")
+        f23.table(["strategy", "JS divergence vs base", "Spearman vs base", "magnitude ratio", "peak layer before -> after"],
+                  [[k, f"{v['js_divergence']:.4f}", None if not math.isfinite(v["spearman"]) else f"{v['spearman']:.3f}",
+                    None if not math.isfinite(v["magnitude_ratio"]) else f"{v['magnitude_ratio']:.3f}",
+                    f"{v['peak_layer_before']} -> {v['peak_layer_after']}"] for k, v in shift["shift"].items()])
+    else:
+        f23.p(_absent(cfg, "importance/base and at least one importance/<strategy>"))
+    sections.append(f23)
+
+    # --- Fig 4
+    f4 = Section("Fig. 4: parameter change of each strategy (|W_after - W_before|)")
+    pc = {}
+    for n in variants:
+        d = out / "heatmap" / n
+        h = _read_json(d / "heatmaps.json")
+        if h and (d / "parameter_change.png").is_file():
+            dst = figs / f"fig4_parameter_change_{n}.png"
+            shutil.copyfile(d / "parameter_change.png", dst)
+            f4.fig(dst, f"{labels[n]}: normalized |dW| of the chosen matrices")
+            pc[n] = h.get("parameter_change")
+        elif ledger.cells.get(f"heatmap/{n}", {}).get("skipped"):
+            f4.p(f"{labels[n]}: {ledger.cells[f'heatmap/{n}']['skipped']}")
+    if pc:
+        f4.table(["strategy", "matrix", "mean |dW|", "max |dW|", "energy in top-8 singular directions"],
+                 [[n, k, f"{v['mean_abs_change']:.2e}", f"{v['max_abs_change']:.2e}", None if v.get('energy_top8') is None else f"{v['energy_top8']:.3f}"]
+                  for n, d in pc.items() for k, v in d.items()])
+    if not f4.blocks:
+        f4.p(_absent(cfg, "heatmap/<strategy>"))
+    results["parameter_change"] = _finite(pc)
+    sections.append(f4)
+
+    # --- Pareto
+    fp = Section("Pareto: T2T retention against S2T accuracy")
+    pareto_rows = {labels.get(k, k): v for k, v in table2.items() if k != "No-FT (text LLM as is)"}
+    for k, v in pareto_rows.items():  # the cascade's LLM is the text LLM as is: its T2T is No-FT's
+        if k.startswith("cascade") and noft and noft.get("t2t"):
+            pareto_rows[k] = {**v, "t2t": noft["t2t"]}
+    pts = pareto_points(pareto_rows, base_acc)
+    results["pareto"] = pts
+    if pts:
+        plot_pareto(pts, figs / "pareto.png", retention=bool(base_acc))
+        fp.fig(figs / "pareto.png", "Each strategy (and the cascade and the aligned front-end); red circles: the Pareto "
+               "front (no other model is at least as good on both axes). Error bars: 95% intervals of the S2T accuracy and of "
+               "the T2T accuracy (drawn on the retention scale).")
+        fp.p("On the front: " + ", ".join(p["name"] for p in pts if p["pareto"]) + ".")
+    else:
+        fp.p("needs evaluations with both T2T and S2T")
+    sections.append(fp)
+
+    # --- training curves
+    curves = {n: training_curve(out / "runs" / n) for n in variants}
+    curves = {k: v for k, v in curves.items() if v.get("step")}
+    results["training_curves"] = curves
+    fc = Section("Training curves")
+    if curves:
+        plot_curves(curves, figs / "training_curves.png")
+        fc.fig(figs / "training_curves.png", "Training loss (the strategy's total loss) per logged step")
+        fc.table(["strategy", "steps", "final loss", "train seconds", "s / step", "tokens / s"],
+                 [[n, s_.get("steps"), f"{s_['final_loss']:.4f}" if s_.get("final_loss") is not None else None,
+                   f"{s_.get('train_seconds', s_.get('seconds', 0)):.0f}",
+                   f"{s_.get('train_seconds', s_.get('seconds', 0)) / max(1, s_.get('steps', 1)):.2f}",
+                   s_.get("tokens_per_second")] for n, s_ in summaries.items()])
+    else:
+        fc.p("no training run has logged a step yet")
+    sections.append(fc)
+
+    # --- provenance
+    sp = Section("Cells: commands, wall time, versions, machine")
+    rows = []
+    for c in cells:
+        rec = ledger.cells.get(c.name, {})
+        state = "skipped" if rec.get("skipped") else "done" if c.done() else "not run"
+        secs = rec.get("seconds", ledger.times.get(c.time_key))
+        rows.append([c.name, state, None if secs is None else f"{secs:.0f}", rec.get("finished"), rec.get("command")
+                     or (rec.get("skipped") if state == "skipped" else None)])
+    sp.table(["cell", "state", "wall s", "finished (UTC)", "command"], rows)
+    provs = {json.dumps({k: rec.get(k) for k in ("versions", "machine", "speechkeep_commit")}, sort_keys=True)
+             for rec in ledger.cells.values() if rec.get("versions")}
+    for pv in sorted(provs):
+        sp.pre(json.dumps(json.loads(pv), indent=1))
+    if not provs:
+        sp.p("no cell was run by speechkeep reproduce here (versions and machine are recorded per cell when it runs)")
+    total = sum(v for v in ledger.times.values() if isinstance(v, (int, float)))
+    sp.p(f"Total wall time of all cells: {total / 3600:.2f} h.")
+    sections.append(sp)
+    results["cells"] = ledger.cells
+    results["times"] = ledger.times
+
+    title = "speechkeep reproduce: " + preset.title
+    results["figures"] = sorted(str(p.relative_to(out)) for p in figs.glob("*.png"))
+    write_json(out / "results.json", _finite(results))
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(render_markdown(title, sections, out) + "\n")
+    with atomic_path(out / "report.html") as tmp:
+        tmp.write_text(render_html(title, sections))
+    return results
