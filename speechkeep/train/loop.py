@@ -186,6 +186,24 @@ def _diverged(step: int, what: str, batch, ckpt_dir: Path, last_saved: int | Non
     raise TrainingError(f"training stopped at step {step}: {what} (not finite) on the batch of items {ids}; {kept}")
 
 
+def _drop_rows_after(metrics_path: Path, step: int) -> None:
+    """Drop the metrics.csv rows of steps after ``step`` (logged by a run killed after its last
+    checkpoint: the resumed run logs those steps again, so none is duplicated); atomic."""
+    from speechkeep.io import atomic_path
+
+    lines = metrics_path.read_text().splitlines(keepends=True)
+    keep = lines[:1]
+    for line in lines[1:]:
+        head = line.split(",", 1)[0]
+        if not line.endswith("\n"):  # torn by a kill
+            continue
+        if head.isdigit() and int(head) <= step:
+            keep.append(line)
+    if len(keep) != len(lines):
+        with atomic_path(metrics_path) as tmp:
+            tmp.write_text("".join(keep))
+
+
 def _keep_run(out: Path) -> bool:
     """A failed or interrupted run is kept when it has a checkpoint to resume from."""
     return (out / "checkpoint" / "progress.json").is_file() or (out / "model").is_dir()
@@ -279,6 +297,8 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
     main = acc.is_main_process
     metrics_path = out / "metrics.csv"
     new_file = not metrics_path.exists() or step == 0
+    if main and not new_file:
+        _drop_rows_after(metrics_path, step)
     last_saved = step if step > 0 else None
     mf = open(metrics_path, "w" if new_file else "a", newline="") if main else None
     tb = None
