@@ -27,7 +27,10 @@ import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
+from speechkeep.distributed import Processes
 from speechkeep.io import append_lines, read_appended
+
+__all__ = ["EvalProgress", "Processes", "digest", "has_partial"]
 
 PARTIAL_DIR = "partial"
 
@@ -38,28 +41,6 @@ def digest(*parts) -> str:
         h.update(str(p).encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()
-
-
-class Processes:
-    """This process's rank among those of an ``accelerate launch`` (one process: rank 0 of 1)."""
-
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        self.rank = int(os.environ.get("RANK", "0") or 0)
-        self._state = None
-        if self.world > 1:
-            from accelerate import PartialState
-
-            self._state = PartialState()
-            self.rank, self.world = self._state.process_index, self._state.num_processes
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self._state is not None:
-            self._state.wait_for_everyone()
 
 
 class EvalProgress:

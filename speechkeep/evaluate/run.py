@@ -411,8 +411,11 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
     if non_finite:
         metrics["non_finite"] = {"keys": non_finite, "note": "NaN or infinite (e.g. a perplexity that overflows): "
                                                              "written as null"}
+    import sys
+
+    if procs.world > 1:
+        print(f"eval: process {procs.rank} of {procs.world} computed {progress.computed} batches", file=sys.stderr)
     if progress.reused:
-        import sys
 
         print(f"eval: resumed: {progress.reused} batches finished by an interrupted run were reused, "
               f"{progress.computed} computed", file=sys.stderr)
