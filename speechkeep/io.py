@@ -297,6 +297,18 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 
 MARKER_PREFIX = ".speechkeep-"
 
+MIN_FREE_ENV = "SPEECHKEEP_MIN_FREE_MB"
+"""The free space (MiB) an output directory's file system must have before a command starts
+(default 64): less is a "file system is full" error before any work."""
+
+
+def min_free_bytes() -> int:
+    try:
+        mb = float(os.environ.get(MIN_FREE_ENV, "64"))
+    except ValueError:
+        raise OutputError(f"${MIN_FREE_ENV}={os.environ[MIN_FREE_ENV]!r} is not a number of MiB") from None
+    return int(max(0.0, mb) * 2**20)
+
 # Files by which an output written before markers existed (or by an interrupted run of an older
 # version) is recognised as the command's own.
 KNOWN_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -410,6 +422,7 @@ class OutputDir:
             if entries and not self.overwrite and not self.is_own():
                 raise OutputError(f"{key} {p}: the directory is not empty and was not written by "
                                   f"`speechkeep {self.command.replace('-', ' ')}`; {self._hint()}")
+            self._check_space(p)
             return
         parent = p.parent
         while not parent.exists():
@@ -420,6 +433,20 @@ class OutputDir:
             raise OutputError(f"{key} {p}: {parent} exists and is not a directory")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise OutputError(f"{key} {p}: cannot create it, {parent} is not writable")
+        self._check_space(parent)
+
+    def _check_space(self, where: Path) -> None:
+        """A full file system is an error before any work (see :data:`MIN_FREE_ENV`)."""
+        import shutil
+
+        need = min_free_bytes()
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            return
+        if free < need:
+            raise OutputError(f"{self.key} {self.path}: the file system is full: {free / 2**20:.1f} MiB free, at least "
+                              f"{need / 2**20:.0f} MiB needed (free some space, or set ${MIN_FREE_ENV})")
 
     # ------------------------------------------------------------------ create / clean up
     def create(self) -> Path:

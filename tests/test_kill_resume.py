@@ -235,3 +235,62 @@ def test_align_killed_resumes_to_the_same_adaptor(work):
     assert got["steps"] == ref["steps"] == 4 and abs(got["final_loss"] - ref["final_loss"]) <= 1e-6
     assert (out / "corpus" / "manifest.jsonl").read_text() == (root / "align_ref" / "corpus" / "manifest.jsonl").read_text()
     no_temporaries(out)
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "data build", "importance", "align"])
+def test_a_full_file_system_is_an_error_before_any_work(command, work, tmp_path, monkeypatch, capsys):
+    from speechkeep.cli import main
+
+    out = tmp_path / "out"
+    argv = {"train": ["train", f"model.llm={work['llm']}", f"model.speech_encoder={work['wh']}", "init_from=none",
+                      f"data.train={work['data']}", f"output_dir={out}"],
+            "eval": ["eval", "--model", work["model"], "--data", work["data"], "--out", out],
+            "data build": ["data", "build", "--questions", work["questions"], "--out", out],
+            "importance": ["importance", "--model", work["model"], "--data", work["data"], "--out", out],
+            "align": ["align", f"out={out}", f"ctc.model.llm={work['llm']}", f"ctc.model.speech_encoder={work['wh']}"]}
+    monkeypatch.setenv("SPEECHKEEP_MIN_FREE_MB", str(2**40))  # more than any disk has: this one is "full"
+    t0 = time.perf_counter()
+    try:
+        code = main([str(a) for a in argv[command]])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and "the file system is full" in err and "MiB free" in err, err
+    assert not out.exists() and time.perf_counter() - t0 < 20
+    out.mkdir()  # an existing (empty) directory too
+    try:
+        code = main([str(a) for a in argv[command]])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2 and "the file system is full" in capsys.readouterr().err
+    assert not any(out.iterdir())
+
+
+def test_what_a_killed_writer_left_is_recovered_and_a_live_writers_temporaries_are_kept(tmp_path):
+    from speechkeep.io import sweep_stale
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    d = tmp_path / "run"
+    d.mkdir()
+    # killed between the two renames that replace checkpoint/: the old one is aside, the new one a temporary
+    old = d / f".checkpoint.old-{dead.pid}"
+    old.mkdir()
+    (old / "progress.json").write_text('{"step": 2}')
+    new = d / f".checkpoint.tmp-{dead.pid}-x1" / "checkpoint"
+    new.mkdir(parents=True)
+    (new / "progress.json").write_text('{"step": 4}')
+    # killed while writing a file; and a temporary of a live process (this one), which is kept
+    (d / f".metrics.json.tmp-{dead.pid}-y2").write_text("half")
+    (d / f".summary.json.tmp-{os.getpid()}-z3").write_text("in progress")
+    # a directory moved aside and the new one already in place, part of the old entries not moved back yet
+    (d / "model").mkdir()
+    (d / "model" / "a.safetensors").write_text("new")
+    aside = d / f".model.old-{dead.pid}"
+    aside.mkdir()
+    (aside / "a.safetensors").write_text("old")
+    (aside / "notes.txt").write_text("kept")
+    assert sweep_stale(d) == 4
+    assert json.loads((d / "checkpoint" / "progress.json").read_text()) == {"step": 2}  # the last complete one
+    assert (d / "model" / "a.safetensors").read_text() == "new" and (d / "model" / "notes.txt").read_text() == "kept"
+    assert sorted(p.name for p in d.iterdir()) == sorted(["checkpoint", "model", f".summary.json.tmp-{os.getpid()}-z3"])
