@@ -441,8 +441,13 @@ class OutputDir:
 
         need = min_free_bytes()
         try:
+            st = os.statvfs(where)
             free = shutil.disk_usage(where).free
         except OSError:
+            return
+        if st.f_flag & os.ST_RDONLY:
+            raise OutputError(f"{self.key} {self.path}: not writable: {where} is on a read-only file system")
+        if st.f_blocks == 0:  # a pseudo file system (sysfs, procfs): no size to speak of
             return
         if free < need:
             raise OutputError(f"{self.key} {self.path}: the file system is full: {free / 2**20:.1f} MiB free, at least "
