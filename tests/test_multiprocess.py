@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from test_kill_resume import _env, _same_weights, _weights, work  # noqa: F401  (work: the shared fixture)
+from test_kill_resume import REPO, _env, _same_weights, _weights, work  # noqa: F401  (work: the shared fixture)
 
 
 def _port() -> int:
@@ -26,10 +26,14 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def run(root, args, processes: int = 1) -> str:
-    """``speechkeep ARGS`` in 1 process, or through ``accelerate launch`` in several; returns stderr."""
+def run(root, args, processes: int = 1, config: str | None = None) -> str:
+    """``speechkeep ARGS`` in 1 process, or through ``accelerate launch`` in several (with the flags, or
+    with an accelerate config file of configs/accelerate/); returns stderr."""
     if processes == 1:
         cmd = [sys.executable, "-m", "speechkeep"]
+    elif config:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / config),
+               "--num_processes", str(processes), "--main_process_port", str(_port()), "-m", "speechkeep"]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -66,7 +70,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch_and_checkpoints
     assert abs(_summary(one_then_two)["final_loss"] - _summary(two_then_one)["final_loss"]) <= 1e-6
     a = _weights(one_then_two / "model")
     # each checkpoint resumed by the other process count, to step 4
-    run(root, _train_args(work, one_then_two, 4, 2), processes=2)
+    run(root, _train_args(work, one_then_two, 4, 2), processes=2, config="ddp.yaml")  # the shipped config
     run(root, _train_args(work, two_then_one, 4, 1))
     run(root, _train_args(work, straight, 4, 1))
     for out in (one_then_two, two_then_one):

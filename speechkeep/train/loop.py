@@ -277,6 +277,12 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
         precision = "bf16" if torch.cuda.is_available() else "fp32"
     acc = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum,
                       mixed_precision="bf16" if precision == "bf16" else "no", cpu=_multi_cpu())
+    if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        # Checkpoints and the saved model are taken from the main process's parameters, which these
+        # back-ends shard: fail now, not at the first checkpoint after hours of training.
+        raise ConfigError(f"accelerate {acc.distributed_type.name}: speechkeep's checkpoints and model export do not "
+                          "gather sharded parameters yet (configs/accelerate/fsdp.yaml is shipped but was never run; "
+                          "see the README's multi-process section); use configs/accelerate/ddp.yaml")
     set_seed(cfg.seed)
 
     if acc.device.type == "cpu":
