@@ -36,7 +36,7 @@ class EvalConfig(Checked):
     data: str = ""
     """A spoken manifest (manifest.jsonl or its directory) or WebQuestions-style JSON (text tasks only)."""
     out: str = "runs/eval"
-    """Where predictions.jsonl and metrics.json go."""
+    """Where predictions.jsonl and metrics.json go (and partial/ while it runs: a killed evaluation run again resumes from it)."""
     tasks: list[str] = field(default_factory=lambda: ["t2t", "s2t", "ppl"])
     """Any of t2t, s2t, ppl, asr, cascade."""
     split: str | None = None
