@@ -124,7 +124,9 @@ def save_wav(path: str | os.PathLike, samples: np.ndarray, sr: int = TARGET_SR) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pcm = np.round(np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767).astype(np.int16)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from speechkeep.io import temp_prefix
+
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             sf.write(f, pcm, sr, subtype="PCM_16", format="WAV")

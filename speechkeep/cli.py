@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -243,6 +244,8 @@ def cmd_train(args) -> None:
 
     cfg, _ = _config(args)
     res = train(cfg)
+    if not res.summary:  # not the main process of several
+        return
     print(f"trained {res.steps} steps in {res.seconds / 60:.1f} min, final loss {res.final_loss:.4f}, "
           f"{res.tokens_per_second:.0f} tokens/s; model saved to {res.output_dir / 'model'}")
 
@@ -257,6 +260,8 @@ def cmd_eval(args) -> None:
 
     cfg, _ = _config(args)
     metrics = evaluate(cfg)
+    if os.environ.get("RANK", "0") not in ("", "0"):  # not the main process of several
+        return
     print(format_metrics(metrics))
     print(f"wrote {Path(cfg.out) / 'metrics.json'} and predictions.jsonl")
 

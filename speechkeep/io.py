@@ -16,6 +16,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -53,15 +55,18 @@ def atomic_path(path: str | os.PathLike, own_names: Iterable[str] | None = None)
     if reason:  # fail before the work, not after it
         raise OutputError(f"refusing to replace the directory {path}: it is {reason}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    recover_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent)) / path.name
     try:
         yield tmp
+        fault_point("atomic.before_rename")
         if path.is_dir() and tmp.is_dir():
             reason = protected_reason(path)
             if reason:
                 raise OutputError(f"refusing to replace the directory {path}: it is {reason}")
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
+            fault_point("atomic.between_renames")
             os.replace(tmp, path)
             own = set(own_names or ())
             try:
@@ -76,6 +81,152 @@ def atomic_path(path: str | os.PathLike, own_names: Iterable[str] | None = None)
             os.replace(tmp, path)
     finally:
         _rmtree(tmp.parent)
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash safety: temporary names that say which process wrote them, their clean-up after a kill, and
+# the fault-injection hook the kill tests use.
+
+FAULT_ENV = "SPEECHKEEP_FAULT"
+"""``SITE:N`` (or ``SITE:N,SITE2:M``): the process SIGKILLs itself the N-th time it reaches the named
+:func:`fault_point` (1-based). For tests of what a kill at that exact point leaves behind."""
+
+_fault_hits: dict[str, int] = {}
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-.*)?$")
+
+
+def fault_point(site: str) -> None:
+    """Kill this process with SIGKILL here if ``$SPEECHKEEP_FAULT`` asks for it (see :data:`FAULT_ENV`)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    for part in spec.split(","):
+        name, _, n = part.strip().rpartition(":")
+        if name == site:
+            _fault_hits[site] = _fault_hits.get(site, 0) + 1
+            if n.isdigit() and _fault_hits[site] == int(n):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The prefix of a temporary file or directory written next to ``path`` by this process
+    (``.<name>.tmp-<pid>-``): a later run recognises and removes it once that process is gone."""
+    return f".{Path(path).name}.tmp-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def recover_stale(path: str | os.PathLike) -> None:
+    """Undo what a process killed while writing ``path`` atomically left next to it.
+
+    Temporaries of a dead process (``.<name>.tmp-<pid>-*``) are removed. A directory that a killed
+    process had moved aside to replace (``.<name>.old-<pid>``) is put back if ``path`` is missing (the
+    kill fell between the two renames), or its entries the new directory lacks are moved into it (the
+    kill fell while they were being moved), so nothing of the previous content is lost."""
+    path = Path(path)
+    try:
+        entries = [e for e in os.listdir(path.parent) if e.startswith(f".{path.name}.")]
+    except OSError:
+        return
+    for e in entries:
+        m = _TEMP_RE.match(e)
+        if not m or m["name"] != path.name or _pid_alive(int(m["pid"])):
+            continue
+        stale = path.parent / e
+        if m["kind"] == "tmp":
+            _rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink(missing_ok=True)
+            continue
+        if not path.exists() and not path.is_symlink():
+            os.replace(stale, path)
+            continue
+        if path.is_dir() and stale.is_dir():
+            for sub in list(stale.iterdir()):
+                if not (path / sub.name).exists() and not (path / sub.name).is_symlink():
+                    os.replace(sub, path / sub.name)
+        _rmtree(stale)
+
+
+def sweep_stale(root: str | os.PathLike) -> int:
+    """:func:`recover_stale` for every temporary left by a dead process anywhere under ``root``;
+    returns how many were found. Called when a command opens its output directory."""
+    root = Path(root)
+    found = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for e in list(dirnames) + filenames:
+            m = _TEMP_RE.match(e)
+            if m and not _pid_alive(int(m["pid"])):
+                found += 1
+                recover_stale(Path(dirpath) / m["name"])
+                if e in dirnames:
+                    dirnames.remove(e)
+    return found
+
+
+def append_lines(path: str | os.PathLike, lines: list[str]) -> None:
+    """Append whole lines to ``path`` in one write, flushed to disk (fsync).
+
+    A kill can tear at most the last line; :func:`read_appended` drops a torn tail."""
+    data = "".join(line.rstrip("\n") + "\n" for line in lines).encode("utf-8")
+    with open(path, "ab") as f:
+        if os.environ.get(FAULT_ENV) and "append.mid_line" in os.environ[FAULT_ENV]:
+            half = max(1, len(data) // 2)
+            f.write(data[:half])
+            f.flush()
+            os.fsync(f.fileno())
+            fault_point("append.mid_line")
+            f.write(data[half:])
+        else:
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_appended(path: str | os.PathLike) -> list[dict]:
+    """The JSON records of a file written by :func:`append_lines`. A torn last line (a kill mid-write)
+    is cut off the file, so the next append starts on a fresh line; a malformed line elsewhere is a
+    DataError naming the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    data = p.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):  # a torn tail
+        with open(p, "r+b") as f:
+            f.truncate(end)
+    out = []
+    for n, raw in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except ValueError as e:
+            raise DataError(f"{p}:{n}: malformed line ({e}); delete the file to start that part over") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{p}:{n}: not a JSON object; delete the file to start that part over")
+        out.append(rec)
+    return out
+
+
+def tensor_fingerprint(tensors) -> str:
+    """A hash of the bytes, shapes and dtypes of tensors (e.g. a model's weights)."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=20)
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().data)
+    return h.hexdigest()
 
 
 def _rmtree(p: Path) -> None:
@@ -145,6 +296,18 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 # Output directories
 
 MARKER_PREFIX = ".speechkeep-"
+
+MIN_FREE_ENV = "SPEECHKEEP_MIN_FREE_MB"
+"""The free space (MiB) an output directory's file system must have before a command starts
+(default 64): less is a "file system is full" error before any work."""
+
+
+def min_free_bytes() -> int:
+    try:
+        mb = float(os.environ.get(MIN_FREE_ENV, "64"))
+    except ValueError:
+        raise OutputError(f"${MIN_FREE_ENV}={os.environ[MIN_FREE_ENV]!r} is not a number of MiB") from None
+    return int(max(0.0, mb) * 2**20)
 
 # Files by which an output written before markers existed (or by an interrupted run of an older
 # version) is recognised as the command's own.
@@ -263,6 +426,7 @@ class OutputDir:
             if entries and not self.overwrite and not self.is_own():
                 raise OutputError(f"{key} {p}: the directory is not empty and was not written by "
                                   f"`speechkeep {self.command.replace('-', ' ')}`; {self._hint()}")
+            self._check_space(p)
             return
         parent = p.parent
         while not parent.exists():
@@ -273,6 +437,25 @@ class OutputDir:
             raise OutputError(f"{key} {p}: {parent} exists and is not a directory")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise OutputError(f"{key} {p}: cannot create it, {parent} is not writable")
+        self._check_space(parent)
+
+    def _check_space(self, where: Path) -> None:
+        """A full file system is an error before any work (see :data:`MIN_FREE_ENV`)."""
+        import shutil
+
+        need = min_free_bytes()
+        try:
+            st = os.statvfs(where)
+            free = shutil.disk_usage(where).free
+        except OSError:
+            return
+        if st.f_flag & os.ST_RDONLY:
+            raise OutputError(f"{self.key} {self.path}: not writable: {where} is on a read-only file system")
+        if st.f_blocks == 0:  # a pseudo file system (sysfs, procfs): no size to speak of
+            return
+        if free < need:
+            raise OutputError(f"{self.key} {self.path}: the file system is full: {free / 2**20:.1f} MiB free, at least "
+                              f"{need / 2**20:.0f} MiB needed (free some space, or set ${MIN_FREE_ENV})")
 
     # ------------------------------------------------------------------ create / clean up
     def create(self) -> Path:
@@ -286,6 +469,7 @@ class OutputDir:
             q = q.parent
         try:
             p.mkdir(parents=True, exist_ok=True)
+            sweep_stale(p)  # what a killed earlier run left half-written
             if missing:
                 self.created_root = missing[-1]
                 self.was_empty = True

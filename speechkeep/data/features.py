@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from speechkeep.errors import DataError
-from speechkeep.io import cache_dir, file_sha256
+from speechkeep.io import cache_dir, file_sha256, sweep_stale as recover_stale_dir, temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class FeatureCache:
         self.progress = progress
         self.stats = CacheStats()
         self._content_hashes: dict[tuple[str, int, int], str] = {}
+        self._swept: set[Path] = set()
 
     # ---------------------------------------------------------------- identity and keys
     @property
@@ -210,7 +211,10 @@ class FeatureCache:
                                         "infinity: extreme sample values?); not cached")
                     target = self.path_for(paths[i])
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                    if target.parent not in self._swept:  # temporaries of a killed earlier run
+                        recover_stale_dir(target.parent)
+                        self._swept.add(target.parent)
+                    tmp = target.with_name(temp_prefix(target) + "f")
                     save_file({TENSOR_NAME: f16}, str(tmp))
                     os.replace(tmp, target)
                     self.stats.misses += 1

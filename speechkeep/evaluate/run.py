@@ -17,6 +17,7 @@ import torch
 from speechkeep.config import Checked, ranged
 from speechkeep.errors import DataError, SpeechkeepError, UsageError
 from speechkeep.evaluate.answers import MATCHING_RULE, is_correct
+from speechkeep.evaluate.progress import EvalProgress, Processes, digest, has_partial
 from speechkeep.io import OutputDir, write_json, write_jsonl
 from speechkeep.models.persistence import load_speech_llm
 from speechkeep.models.speech_llm import Query, SpeechLLM
@@ -35,7 +36,7 @@ class EvalConfig(Checked):
     data: str = ""
     """A spoken manifest (manifest.jsonl or its directory) or WebQuestions-style JSON (text tasks only)."""
     out: str = "runs/eval"
-    """Where predictions.jsonl and metrics.json go."""
+    """Where predictions.jsonl and metrics.json go (and partial/ while it runs: a killed evaluation run again resumes from it)."""
     tasks: list[str] = field(default_factory=lambda: ["t2t", "s2t", "ppl"])
     """Any of t2t, s2t, ppl, asr, cascade."""
     split: str | None = None
@@ -107,49 +108,82 @@ def _by_length(items: list, key) -> list[int]:
     return sorted(range(len(items)), key=lambda i: key(items[i]))
 
 
-def generate_all(model: SpeechLLM, queries: list[Query], batch_size: int, max_new_tokens: int, desc: str) -> list[str]:
-    """Batched greedy generation in length order (less padding); results in input order."""
+def _run_batches(task: str, batches: list[list[int]], n: int, compute, desc: str,
+                 progress: EvalProgress | None, keys: Sequence[str] | None) -> list:
+    """Outputs per index of ``compute`` over ``batches``: through ``progress`` (finished batches are
+    reused, the rest computed and recorded, shared among processes) when given, else directly."""
     from tqdm.auto import tqdm
 
-    order = _by_length(queries, lambda q: len(q.text or "") if q.speech_features is None else q.speech_features.shape[0])
-    out: list[str] = [""] * len(queries)
-    with tqdm(total=len(queries), desc=desc, dynamic_ncols=True) as bar:
-        for idx in _batches(order, batch_size):
-            answers = model.generate([queries[i] for i in idx], max_new_tokens=max_new_tokens)
-            for i, a in zip(idx, answers):
-                out[i] = a
-            bar.update(len(idx))
+    out: list = [None] * n
+    with tqdm(total=n, desc=desc, dynamic_ncols=True) as bar:
+        if progress is None:
+            for idx in batches:
+                for i, v in zip(idx, compute(idx)):
+                    out[i] = v
+                bar.update(len(idx))
+        else:
+            if keys is None or len(keys) != n:
+                raise ValueError(f"{task}: one key per query is needed to record progress")
+            for i, v in progress.run(task, batches, keys, compute, on_batch=bar.update).items():
+                out[i] = v
     return out
 
 
+def generate_all(model: SpeechLLM, queries: list[Query], batch_size: int, max_new_tokens: int, desc: str,
+                 progress: EvalProgress | None = None, keys: Sequence[str] | None = None) -> list[str]:
+    """Batched greedy generation in length order (less padding); results in input order.
+
+    With ``progress`` (and ``keys``: what each query is), finished batches are recorded and reused
+    (see :mod:`speechkeep.evaluate.progress`)."""
+    order = _by_length(queries, lambda q: len(q.text or "") if q.speech_features is None else q.speech_features.shape[0])
+    batches = [list(b) for b in _batches(order, batch_size)]
+    return _run_batches(desc, batches, len(queries),
+                        lambda idx: model.generate([queries[i] for i in idx], max_new_tokens=max_new_tokens),
+                        desc, progress, keys)
+
+
 @torch.no_grad()
-def perplexity(model: SpeechLLM, queries: list[Query], batch_size: int) -> float:
-    """Token-weighted perplexity exp(sum NLL / number of target tokens)."""
+def perplexity(model: SpeechLLM, queries: list[Query], batch_size: int, progress: EvalProgress | None = None,
+               keys: Sequence[str] | None = None, task: str = "ppl") -> float:
+    """Token-weighted perplexity exp(sum NLL / number of target tokens), summed batch by batch in order."""
+    batches = [list(range(i, min(i + batch_size, len(queries)))) for i in range(0, len(queries), batch_size)]
+
+    def compute(idx):  # the batch's (summed NLL, target tokens), on its first index
+        loss, k = model.loss(model.prepare([queries[i] for i in idx]), reduction="sum")
+        return [[float(loss), int(k)]] + [None] * (len(idx) - 1)
+
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(queries), desc=task, dynamic_ncols=True) as bar:
+            got = progress.run(task, batches, keys, compute, on_batch=bar.update)
+        parts = [got[idx[0]] for idx in batches]
+    else:
+        parts = [compute(idx)[0] for idx in batches]
     total, n = 0.0, 0
-    for b in _batches(queries, batch_size):
-        loss, k = model.loss(model.prepare(b), reduction="sum")
-        total += float(loss)
+    for loss, k in parts:
+        total += loss
         n += k
     mean = total / n
     return math.exp(mean) if mean < 700 else float("inf")
 
 
-def transcribe_whisper(encoder_spec: str, audio_paths: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
-    """Whisper's own transcripts (the cascade's first stage)."""
-    from tqdm.auto import tqdm
-
+def transcribe_whisper(encoder_spec: str, audio_paths: list[str], batch_size: int, max_new_tokens: int,
+                       progress: EvalProgress | None = None, keys: Sequence[str] | None = None) -> list[str]:
+    """Whisper's own transcripts (the cascade's first stage), in input order."""
     from speechkeep.audio import load_audio
     from speechkeep.models.speech_encoder import load_whisper_asr
 
     asr, proc = load_whisper_asr(encoder_spec)
-    out = []
-    with torch.no_grad(), tqdm(total=len(audio_paths), desc="cascade: whisper asr", dynamic_ncols=True) as bar:
-        for b in _batches(audio_paths, batch_size):
-            feats = proc([load_audio(p) for p in b], sampling_rate=16000, return_tensors="pt").input_features
-            ids = asr.generate(feats, max_new_tokens=max_new_tokens)
-            out.extend(t.strip() for t in proc.batch_decode(ids, skip_special_tokens=True))
-            bar.update(len(b))
-    return out
+
+    @torch.no_grad()
+    def compute(idx):
+        feats = proc([load_audio(audio_paths[i]) for i in idx], sampling_rate=16000, return_tensors="pt").input_features
+        ids = asr.generate(feats, max_new_tokens=max_new_tokens)
+        return [t.strip() for t in proc.batch_decode(ids, skip_special_tokens=True)]
+
+    batches = [list(range(i, min(i + batch_size, len(audio_paths)))) for i in range(0, len(audio_paths), batch_size)]
+    return _run_batches("cascade_asr", batches, len(audio_paths), compute, "cascade: whisper asr", progress, keys)
 
 
 def _wer_ci(references: list[str], hypotheses: list[str]) -> list[float]:
@@ -226,22 +260,52 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise UsageError(f"ctc_emit must be 'soft' or 'hard', got {cfg.ctc_emit!r}")
     from speechkeep.models.persistence import check_model_spec
 
-    guard = OutputDir(cfg.out, "eval", overwrite=cfg.overwrite, inputs=[cfg.data, cfg.model, cfg.baseline])
+    # A killed run's finished batches (OUT/partial/) are kept, and reused by the next run.
+    guard = OutputDir(cfg.out, "eval", overwrite=cfg.overwrite, inputs=[cfg.data, cfg.model, cfg.baseline],
+                      keep=has_partial)
     guard.check()
     items, has_audio = load_eval_items(cfg.data, cfg.split, cfg.limit)
     baseline = _read_baseline(cfg.baseline) if cfg.baseline else None
     check_model_spec(cfg.model)
+    procs = Processes()
+    if procs.world > 1:  # the main process creates the directory, the others then join it
+        if procs.main:
+            guard.create()
+        procs.barrier()
+        if not procs.main:
+            guard.create()
+        try:
+            return _evaluate(cfg, tasks, items, has_audio, baseline, procs)
+        except BaseException:
+            guard.cleanup_after_failure()
+            raise
     with guard:
-        return _evaluate(cfg, tasks, items, has_audio, baseline)
+        return _evaluate(cfg, tasks, items, has_audio, baseline, procs)
 
 
-def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audio: bool, baseline: dict | None) -> dict:
+def model_fingerprint(model: SpeechLLM) -> str:
+    """A hash of every weight, buffer and the configuration of ``model`` (what its outputs depend on)."""
+    from speechkeep.io import tensor_fingerprint
+
+    state = model.state_dict()
+    names = sorted(state)
+    return digest(repr(model.config), repr(getattr(model, "transforms", None)), names,
+                  tensor_fingerprint(state[n] for n in names))
+
+
+def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audio: bool, baseline: dict | None,
+              procs: Processes | None = None) -> dict:
+    procs = procs or Processes()
     model, speech_trained = load_speech_llm(cfg.model)
     model.eval()
     if cfg.ctc_emit is not None:
         if not getattr(model.adaptor, "is_ctc", False):
             raise SpeechkeepError(f"ctc_emit={cfg.ctc_emit!r} needs a CTC-aligned adaptor; {cfg.model} has none")
         model.adaptor.config.ctc_emit = cfg.ctc_emit
+    # What every output depends on besides the queries: a resumed run reuses only batches computed with it.
+    fp = digest(model_fingerprint(model), cfg.max_new_tokens, cfg.asr_max_new_tokens, cfg.asr_instruction,
+                cfg.ctc_emit, model.config.speech_encoder if "cascade" in tasks else "")
+    progress = EvalProgress(cfg.out, fp, procs)
     skipped = {}
     for t in list(tasks):
         if t not in TEXT_TASKS and not has_audio:
@@ -266,6 +330,8 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
         root = Path(cfg.data) if Path(cfg.data).is_dir() else Path(cfg.data).parent
         cache = FeatureCache(None, model.encoder, model.config.encode_mode, read_roots=[root / "features"])
         feats = cache.get([it.audio for it in items])
+    audio_keys = [digest(it.id, cache.content_hash(it.audio)) for it in items] if feats is not None else None
+    text_keys = [digest(it.id, it.text) for it in items]
 
     def record(task, answers, questions=None):
         flags = []
@@ -280,17 +346,23 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
         return _acc(flags)
 
     if "t2t" in tasks:
-        ans = generate_all(model, [Query(text=it.text) for it in items], cfg.batch_size, cfg.max_new_tokens, "t2t")
+        ans = generate_all(model, [Query(text=it.text) for it in items], cfg.batch_size, cfg.max_new_tokens, "t2t",
+                           progress, text_keys)
         metrics["t2t"] = record("t2t", ans)
     if "s2t" in tasks:
-        ans = generate_all(model, [Query(speech_features=f) for f in feats], cfg.batch_size, cfg.max_new_tokens, "s2t")
+        ans = generate_all(model, [Query(speech_features=f) for f in feats], cfg.batch_size, cfg.max_new_tokens, "s2t",
+                           progress, audio_keys)
         metrics["s2t"] = record("s2t", ans)
     if "cascade" in tasks:
+        from speechkeep.io import file_sha256
+
+        wav_keys = [digest(it.id, file_sha256(it.audio)) for it in items]
         transcripts = transcribe_whisper(model.config.speech_encoder, [it.audio for it in items], cfg.batch_size,
-                                         cfg.asr_max_new_tokens)
+                                         cfg.asr_max_new_tokens, progress, wav_keys)
         from speechkeep.metrics import corpus_wer
 
-        ans = generate_all(model, [Query(text=t) for t in transcripts], cfg.batch_size, cfg.max_new_tokens, "cascade")
+        ans = generate_all(model, [Query(text=t) for t in transcripts], cfg.batch_size, cfg.max_new_tokens, "cascade",
+                           progress, [digest(it.id, t) for it, t in zip(items, transcripts)])
         metrics["cascade"] = record("cascade", ans, transcripts)
         metrics["cascade"]["asr_wer"] = corpus_wer([it.text for it in items], transcripts)
         metrics["cascade"]["asr_wer_ci95"] = _wer_ci([it.text for it in items], transcripts)
@@ -298,7 +370,7 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
         from speechkeep.metrics import corpus_wer
 
         hyps = generate_all(model, [Query(speech_features=f, instruction=cfg.asr_instruction) for f in feats],
-                            cfg.batch_size, cfg.asr_max_new_tokens, "asr")
+                            cfg.batch_size, cfg.asr_max_new_tokens, "asr", progress, audio_keys)
         for it, h in zip(items, hyps):
             preds.append({"task": "asr", "id": it.id, "reference": it.text, "hypothesis": h})
         metrics["asr"] = {"wer": corpus_wer([it.text for it in items], hyps),
@@ -316,11 +388,15 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
             skipped["ppl"] = "no reference responses (build the data with --teacher)"
         else:
             metrics["ppl"] = {"n": len(scored),
-                              "text": perplexity(model, [Query(text=it.text, response=it.response) for it in scored], cfg.batch_size)}
+                              "text": perplexity(model, [Query(text=it.text, response=it.response) for it in scored],
+                                                 cfg.batch_size, progress,
+                                                 [digest(it.id, it.text, it.response) for it in scored], "ppl_text")}
             if feats is not None:
                 fmap = {it.id: f for it, f in zip(items, feats)}
+                kmap = dict(zip((it.id for it in items), audio_keys))
                 metrics["ppl"]["speech"] = perplexity(
-                    model, [Query(speech_features=fmap[it.id], response=it.response) for it in scored], cfg.batch_size)
+                    model, [Query(speech_features=fmap[it.id], response=it.response) for it in scored], cfg.batch_size,
+                    progress, [digest(kmap[it.id], it.response) for it in scored], "ppl_speech")
     if no_answers:
         metrics["without_answers"] = {"n": len(no_answers), "ids": no_answers[:50],
                                       "note": "not scored for accuracy (no reference answers)"}
@@ -335,7 +411,19 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
     if non_finite:
         metrics["non_finite"] = {"keys": non_finite, "note": "NaN or infinite (e.g. a perplexity that overflows): "
                                                              "written as null"}
+    import sys
+
+    if procs.world > 1:
+        print(f"eval: process {procs.rank} of {procs.world} computed {progress.computed} batches", file=sys.stderr)
+    if progress.reused:
+
+        print(f"eval: resumed: {progress.reused} batches finished by an interrupted run were reused, "
+              f"{progress.computed} computed", file=sys.stderr)
     out = Path(cfg.out)
-    write_jsonl(out / "predictions.jsonl", preds)
-    write_json(out / "metrics.json", metrics)
+    if procs.main:
+        write_jsonl(out / "predictions.jsonl", preds)
+        write_json(out / "metrics.json", metrics)
+    procs.barrier()
+    if procs.main:
+        progress.remove()
     return metrics

@@ -7,6 +7,7 @@ its ``--help`` is generated from it, and its flags are aliases of those keys (``
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from speechkeep.config import Flag, Range, add_config_arguments, config_from_args
@@ -66,15 +67,35 @@ def cmd_importance(args) -> None:
 
     _check_inputs(args.model, args.data)
     fraction = None if args.fraction >= 1 else args.fraction
-    with _out(args, "importance", [args.model, args.data]):
+    from speechkeep.distributed import Processes
+    from speechkeep.io import OutputDir
+
+    procs = Processes()  # several processes: batches shared out, scores summed (see compute_importance)
+    guard = OutputDir(args.out, "importance", overwrite=args.overwrite, inputs=[i for i in (args.model, args.data) if i])
+    guard.check()
+    if procs.main:
+        guard.create()
+    procs.barrier()
+    try:
         model, trained = _load(args.model)
         if args.input == "speech" and not trained:
             raise UsageError("speech-input importance needs a trained speech model (a run or SpeechLLM directory)")
         queries = queries_from_manifest(args.data, args.input, model, fraction, args.limit, args.split, seed=args.seed)
-        res = compute_importance(model, batched(queries, args.batch_size), convention=args.convention)
+        res = compute_importance(model, batched(queries, args.batch_size), convention=args.convention, procs=procs)
+        here = res.meta.pop("batches_here", None)
+        if procs.world > 1:
+            print(f"importance: process {procs.rank} of {procs.world} scored {here} batches", file=sys.stderr)
         res.meta.update({"model": args.model, "data": args.data, "input": args.input, "fraction": fraction,
                          "split": args.split})
-        summary = save_importance(args.out, res.scores, res.meta)
+        if procs.main:
+            summary = save_importance(args.out, res.scores, res.meta)
+        procs.barrier()
+    except BaseException:
+        if procs.main:
+            guard.cleanup_after_failure()
+        raise
+    if not procs.main:
+        return
     shares = [v / summary["layer_total"] for v in summary["per_layer"]]
     peak = max(range(len(shares)), key=shares.__getitem__) if shares else None
     print(f"importance ({args.convention}, {args.input} input) of {len(res.scores)} tensors over "

@@ -44,8 +44,13 @@ def scored_parameters(model: SpeechLLM, include_adaptor: bool = True) -> dict[st
 
 
 def compute_importance(model: SpeechLLM, batches: Sequence[Sequence[Query]], convention: Convention = DEFAULT_CONVENTION,
-                       include_adaptor: bool = True, progress: bool = True) -> ImportanceResult:
-    """Importance of every scored parameter over ``batches`` (each a list of queries with responses)."""
+                       include_adaptor: bool = True, progress: bool = True, procs=None) -> ImportanceResult:
+    """Importance of every scored parameter over ``batches`` (each a list of queries with responses).
+
+    ``procs`` (:class:`speechkeep.distributed.Processes`, several processes of a launch): batch b runs
+    on process ``b % world`` and the accumulators (``abs_sum``) or summed gradients (``signed_sum``)
+    are summed over the processes, so every process ends with the scores of the whole dataset
+    (equal to one process's up to the order of float sums)."""
     from tqdm.auto import tqdm
 
     if convention not in ("abs_sum", "signed_sum"):
@@ -67,7 +72,9 @@ def compute_importance(model: SpeechLLM, batches: Sequence[Sequence[Query]], con
     model.eval()  # no dropout: importance of the model as it is
     t0 = time.perf_counter()
     try:
-        for b in tqdm(batches, desc=f"importance[{convention}]", disable=not progress, dynamic_ncols=True):
+        rank, world = (procs.rank, procs.world) if procs is not None else (0, 1)
+        mine = [b for i, b in enumerate(batches) if i % world == rank]
+        for b in tqdm(mine, desc=f"importance[{convention}]", disable=not progress, dynamic_ncols=True):
             loss_sum, _ = model.loss(model.prepare(b), reduction="sum")
             (loss_sum / total_tokens).backward()
             if acc is not None:
@@ -78,14 +85,20 @@ def compute_importance(model: SpeechLLM, batches: Sequence[Sequence[Query]], con
                         p.grad = None
         with torch.no_grad():
             if acc is None:
-                acc = {n: (p.grad.float() * p.detach().float()).abs_() if p.grad is not None
-                       else torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+                grads = {n: p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
+                         for n, p in params.items()}
+                if world > 1:
+                    procs.all_reduce_sum(grads.values())
+                acc = {n: (g * params[n].detach().float()).abs_() for n, g in grads.items()}
+            elif world > 1:
+                procs.all_reduce_sum(acc.values())
     finally:
         for n, p in params.items():
             p.grad = None
             p.requires_grad_(saved_flags[n])
         model.train(was_training)
-    meta = {"convention": convention, "n_batches": len(batches), "n_queries": sum(len(b) for b in batches),
+    meta = {"convention": convention, "n_batches": len(batches),
+            **({"processes": world, "batches_here": len(mine)} if world > 1 else {}), "n_queries": sum(len(b) for b in batches),
             "response_tokens": total_tokens, "seconds": round(time.perf_counter() - t0, 2),
             "loss": "token-weighted NLL of response tokens (sum NLL / total tokens)"}
     from speechkeep.models.upscaling import layer_origin

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from speechkeep.config import Checked, ranged
 from speechkeep.errors import ConfigError, SpeechkeepError
 from speechkeep.strategies.base import STRATEGIES, LossTerms, Strategy, register, task_losses
+from speechkeep.io import tensor_fingerprint  # noqa: F401  (re-exported: moved to speechkeep.io)
 
 TERMS = ("ce", "kl_t2t", "kl_s2t")
 log = logging.getLogger(__name__)
@@ -307,16 +308,6 @@ def _blake(*parts) -> "hashlib.blake2b":
         h.update(p if isinstance(p, (bytes, bytearray)) else str(p).encode("utf-8"))
         h.update(b"\0")
     return h
-
-
-def tensor_fingerprint(tensors) -> str:
-    """A hash of the bytes, shapes and dtypes of tensors (the teacher's weights)."""
-    h = hashlib.blake2b(digest_size=20)
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().data)
-    return h.hexdigest()
 
 
 _SAVE_EVERY_S = 60.0

@@ -179,11 +179,64 @@ def _check_before_start(cfg: TrainConfig, out: Path) -> None:
                               f"strategy={cfg.strategy}: choose another output_dir (or resume with the same strategy)")
 
 
-def _diverged(step: int, what: str, batch, ckpt_dir: Path, last_saved: int | None) -> None:
-    ids = ", ".join(dict.fromkeys(e.id for e in batch))
+def _non_finite_items(finite, batch, world: int) -> list[str]:
+    """The ids of the batch (of every process whose loss is not finite, with several processes: all
+    of them then stop together instead of waiting for each other) whose loss is NaN or infinite."""
+    finite = bool(finite)
+    if world == 1:
+        return [] if finite else [e.id for e in batch]
+    from accelerate.utils import gather_object
+
+    return [i for ok, ids in gather_object([(finite, [e.id for e in batch])]) if not ok for i in ids]
+
+
+def _reduce_step(acc, loss: float, tokens: int, terms: dict[str, float], names: list[str]):
+    vals = torch.tensor([loss, float(tokens)] + [terms.get(n, 0.0) for n in names], dtype=torch.float64)
+    vals = acc.reduce(vals.to(acc.device), "sum").cpu()
+    world = acc.num_processes
+    return (float(vals[0]) / world, int(round(float(vals[1]))),
+            {n: float(v) / world for n, v in zip(names, vals[2:].tolist()) if n in terms})
+
+
+def _reduce_per_task(acc, per_task: dict, tasks: list[str]) -> dict:
+    vals = torch.tensor([[float(per_task.get(t, (0.0, 0))[0]), float(per_task.get(t, (0.0, 0))[1])] for t in tasks],
+                        dtype=torch.float64)
+    vals = acc.reduce(vals.to(acc.device), "sum").cpu()
+    return {t: (float(v[0]), int(round(float(v[1])))) for t, v in zip(tasks, vals) if v[1] > 0}
+
+
+def _diverged(step: int, what: str, ids: list[str], ckpt_dir: Path, last_saved: int | None) -> None:
+    ids = ", ".join(dict.fromkeys(ids))
     kept = (f"the last good checkpoint (step {last_saved}) is kept in {ckpt_dir}: lower optim.lr (or drop those items) "
             "and run again with resume=true") if last_saved else "no checkpoint had been written yet"
     raise TrainingError(f"training stopped at step {step}: {what} (not finite) on the batch of items {ids}; {kept}")
+
+
+def _drop_rows_after(metrics_path: Path, step: int) -> None:
+    """Drop the metrics.csv rows of steps after ``step`` (logged by a run killed after its last
+    checkpoint: the resumed run logs those steps again, so none is duplicated); atomic."""
+    from speechkeep.io import atomic_path
+
+    lines = metrics_path.read_text().splitlines(keepends=True)
+    keep = lines[:1]
+    for line in lines[1:]:
+        head = line.split(",", 1)[0]
+        if not line.endswith("\n"):  # torn by a kill
+            continue
+        if head.isdigit() and int(head) <= step:
+            keep.append(line)
+    if len(keep) != len(lines):
+        with atomic_path(metrics_path) as tmp:
+            tmp.write_text("".join(keep))
+
+
+def _multi_cpu() -> bool:
+    """Several processes (``accelerate launch --multi_gpu --num_processes N``, ``torchrun``) on a machine
+    without a GPU: accelerate then needs ``cpu=True`` to run them as one DDP group over gloo (else each
+    process trains alone)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not torch.cuda.is_available()
 
 
 def _keep_run(out: Path) -> bool:
@@ -223,7 +276,13 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "fp32"
     acc = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum,
-                      mixed_precision="bf16" if precision == "bf16" else "no")
+                      mixed_precision="bf16" if precision == "bf16" else "no", cpu=_multi_cpu())
+    if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        # Checkpoints and the saved model are taken from the main process's parameters, which these
+        # back-ends shard: fail now, not at the first checkpoint after hours of training.
+        raise ConfigError(f"accelerate {acc.distributed_type.name}: speechkeep's checkpoints and model export do not "
+                          "gather sharded parameters yet (configs/accelerate/fsdp.yaml is shipped but was never run; "
+                          "see the README's multi-process section); use configs/accelerate/ddp.yaml")
     set_seed(cfg.seed)
 
     if acc.device.type == "cpu":
@@ -279,6 +338,8 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
     main = acc.is_main_process
     metrics_path = out / "metrics.csv"
     new_file = not metrics_path.exists() or step == 0
+    if main and not new_file:
+        _drop_rows_after(metrics_path, step)
     last_saved = step if step > 0 else None
     mf = open(metrics_path, "w" if new_file else "a", newline="") if main else None
     tb = None
@@ -319,23 +380,31 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
                     if not isinstance(out_terms, LossTerms):
                         raise TypeError(f"strategy {strategy.name}: loss() must return LossTerms, got {type(out_terms).__name__}")
                     loss = out_terms.total()
-                    if not torch.isfinite(loss.detach()).all():
-                        _diverged(step + 1, f"the loss is {float(loss.detach()):g}", batch, ckpt_dir, last_saved)
+                    bad = _non_finite_items(torch.isfinite(loss.detach()).all(), batch, world)
+                    if bad:
+                        _diverged(step + 1, f"the loss is {float(loss.detach()) if world == 1 else 'NaN or infinite'}",
+                                  bad, ckpt_dir, last_saved)
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
                         norm = acc.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.optim.max_grad_norm)
                         if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
-                            _diverged(step + 1, f"the gradient norm is {float(norm):g}", batch, ckpt_dir, last_saved)
+                            _diverged(step + 1, f"the gradient norm is {float(norm):g}", [e.id for e in batch], ckpt_dir,
+                                      last_saved)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 step_loss += loss.item() / cfg.optim.grad_accum
                 step_tokens += int(out_terms.input_tokens or out_terms.n_tokens)
                 for name, t in out_terms.terms.items():
                     step_terms[name] = step_terms.get(name, 0.0) + float(t.detach()) / cfg.optim.grad_accum
-                for task, (total, n) in out_terms.per_task.items():
+                per_task = out_terms.per_task
+                if world > 1:  # summed over processes
+                    per_task = _reduce_per_task(acc, per_task, tasks)
+                for task, (total, n) in per_task.items():
                     acc_t = win_tasks.setdefault(task, [0.0, 0])
                     acc_t[0] += total
                     acc_t[1] += n
+            if world > 1:  # the step's loss is the mean over processes, as one process with grad_accum=world
+                step_loss, step_tokens, step_terms = _reduce_step(acc, step_loss, step_tokens, step_terms, terms)
             for name, v in step_terms.items():
                 acc_n = win_terms.setdefault(name, [0.0, 0])
                 acc_n[0] += v
