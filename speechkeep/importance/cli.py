@@ -247,7 +247,7 @@ def add_importance_parsers(sub) -> None:
 
     from speechkeep.importance.restore import RestoreConfig
 
-    p = sub.add_parser("restore", help="put the top p% textually important LLM weights back to their pre-trained values",
+    p = sub.add_parser("restore", help="put the top p%% textually important LLM weights back to their pre-trained values",
                        description="Importance-guided restoration after speech fine-tuning: the top p% of the LLM's "
                                    "parameters by the pre-trained LLM's textual importance go back to their pre-trained "
                                    "values (alpha=1) or part of the way (theta = alpha*pre + (1-alpha)*ft), with no "
