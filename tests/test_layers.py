@@ -11,14 +11,15 @@ PKG = Path(speechkeep.__file__).parent
 # Lowest first. A module belongs to the most specific entry that names it.
 LAYERS = [
     ("base", ["speechkeep", "speechkeep.errors", "speechkeep.config", "speechkeep.io", "speechkeep.audio",
-              "speechkeep.metrics"]),
+              "speechkeep.metrics", "speechkeep.distributed"]),
     ("models", ["speechkeep.models"]),
     ("data/strategies", ["speechkeep.data", "speechkeep.strategies", "speechkeep.importance.taylor",
                          "speechkeep.importance.summary", "speechkeep.importance.runs"]),
     ("train", ["speechkeep.train"]),
     ("evaluate/importance", ["speechkeep.evaluate", "speechkeep.importance"]),
     ("recipes", ["speechkeep.recipes", "speechkeep.align"]),
-    ("cli", ["speechkeep.cli", "speechkeep.__main__", "speechkeep.data.cli", "speechkeep.importance.cli"]),
+    ("cli", ["speechkeep.cli", "speechkeep.__main__", "speechkeep.data.cli", "speechkeep.importance.cli",
+             "speechkeep.recipes.reproduce", "speechkeep.recipes.reproduce_report"]),  # reproduce runs the other commands
 ]
 
 
