@@ -38,13 +38,13 @@ class AudioAugmentConfig(Checked):
     """Share of the corpus utterances that get an augmented copy (0: off)."""
     kinds: list[str] = field(default_factory=lambda: ["speed", "noise", "reverb"])
     """Augmentations to draw from, one per copy: speed, noise, reverb."""
-    speeds: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    speeds: list[float] = ranged(default_factory=lambda: [0.9, 1.1], ge=0.5, le=2.0)
     """Speed-perturbation factors (>1 faster and higher)."""
-    snr_db: list[float] = field(default_factory=lambda: [5.0, 20.0])
+    snr_db: list[float] = ranged(default_factory=lambda: [5.0, 20.0], ge=-20.0, le=80.0)
     """Range [low, high] of the additive noise's signal-to-noise ratio in dB."""
     noise_colors: list[str] = field(default_factory=lambda: ["white", "pink", "brown"])
     """Noise spectra to draw from: white, pink, brown."""
-    rt60_s: list[float] = field(default_factory=lambda: [0.2, 0.8])
+    rt60_s: list[float] = ranged(default_factory=lambda: [0.2, 0.8], gt=0.0, le=10.0)
     """Range [low, high] of the synthetic room's reverberation time RT60 in seconds."""
     seed: int = ranged(0, ge=0)
     """Seed of the choice of utterances and of every augmentation's parameters."""
