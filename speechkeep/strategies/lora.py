@@ -95,7 +95,7 @@ class LoRA(Strategy):
     def importance_placement(self, model) -> dict:
         """``target_modules`` (full module names) and ``rank_pattern`` of the importance-guided placement."""
         from speechkeep.importance.runs import pretrained_text_importance
-        from speechkeep.importance.summary import summarize
+        from speechkeep.importance.summary import layer_of, summarize
         from speechkeep.models.upscaling import layer_origin
         from speechkeep.strategies.layer_lr import layer_scales
 
@@ -112,8 +112,6 @@ class LoRA(Strategy):
             leaf = name.rsplit(".", 1)[-1]
             if leaf not in s.target_modules or not isinstance(mod, torch.nn.Linear):
                 continue
-            from speechkeep.importance.summary import layer_of
-
             li = layer_of(name + ".weight")
             if li is None or ranks[li] == 0:
                 continue
