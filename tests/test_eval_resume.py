@@ -43,7 +43,7 @@ def _cfg(model, data, out, **kw):
 
 def _outputs(out):
     metrics = json.loads((out / "metrics.json").read_text())
-    metrics.pop("seconds")
+    metrics.pop("seconds"), metrics.pop("seconds_per_task")
     return metrics, (out / "predictions.jsonl").read_text()
 
 

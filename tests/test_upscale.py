@@ -93,6 +93,9 @@ def test_identity_renumbering_and_cached_generation(arch, block):
     a = llm.generate(ids[:1], max_new_tokens=12, do_sample=False, use_cache=True)
     b = llm.generate(ids[:1], max_new_tokens=12, do_sample=False, use_cache=False)
     assert a.shape[1] == 24 and torch.equal(a, b)
+    # a static (preallocated) cache, as evaluation uses: the same tokens, on a batch of two
+    a = llm.generate(ids, max_new_tokens=12, do_sample=False)
+    assert torch.equal(a, llm.generate(ids, max_new_tokens=12, do_sample=False, cache_implementation="static"))
 
     # beam search and batch edits reorder, repeat or select the cache's rows: the blocks' state follows
     with torch.no_grad():
@@ -175,6 +178,8 @@ def test_speech_llm_identity_and_cached_generation(block, tiny_speech_llm_factor
     qs = [text, speech, Query(text="Name a color.")]
     cached = m.generate(qs, max_new_tokens=10)
     assert cached == m.generate(qs, max_new_tokens=10, use_cache=False)
+    # a static cache (evaluation's) spans its whole length in the attention mask: padding is still found
+    assert cached == m.generate(qs, max_new_tokens=10, cache_implementation="static")
     assert cached != base.generate(qs, max_new_tokens=10)
     # beam search reorders the cache every step: the blocks' convolution state must follow its beams
     beams = m.generate(qs, max_new_tokens=10, num_beams=3)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from speechkeep.models.blocks.streaming import CausalDepthwiseConv, block_state, valid_positions
+from speechkeep.models.blocks.streaming import CausalDepthwiseConv, block_state, past_length, valid_positions
 
 
 def _copy(module: nn.Module, config) -> nn.Module:
@@ -111,7 +111,7 @@ class EBranchformerBlock(nn.Module):
         cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         kwargs.pop("past_key_values", None)
         state = block_state(cache, self)
-        valid = valid_positions(attention_mask, hidden_states.shape[1])
+        valid = valid_positions(attention_mask, hidden_states.shape[1], past_length(state))
         x = hidden_states + 0.5 * self.ffn1(self.norm_ff1(hidden_states))
         a, _ = self.self_attn(hidden_states=self.norm_att(x), attention_mask=attention_mask, position_ids=position_ids,
                               cache=cache, use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)

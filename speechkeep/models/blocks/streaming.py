@@ -107,17 +107,20 @@ def speech_mask(batch: int, past: int, length: int, device) -> torch.Tensor | No
     return out
 
 
-def valid_positions(attention_mask, q_len: int) -> torch.Tensor | None:
+def valid_positions(attention_mask, q_len: int, past: int = 0) -> torch.Tensor | None:
     """(batch, q_len) bool: positions that are not padding, read from the diagonal of the LLM's 4-D
     attention mask (a pad position may not attend to itself); None when the mask does not say
-    (no mask, or a kernel-specific mask object)."""
+    (no mask, or a kernel-specific mask object). ``past``: positions already in the cache. A dynamic
+    cache's mask ends at the current positions; a static cache's (``cache_implementation='static'``)
+    spans its whole preallocated length, so the current positions start at ``past``."""
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4 or attention_mask.shape[-2] != q_len:
         return None
     kv = attention_mask.shape[-1]
     if kv < q_len:
         return None
+    start = past if past + q_len < kv else kv - q_len
     rows = torch.arange(q_len, device=attention_mask.device)
-    diag = attention_mask[:, 0, rows, kv - q_len + rows]
+    diag = attention_mask[:, 0, rows, start + rows]
     return diag if diag.dtype == torch.bool else diag == 0
 
 
