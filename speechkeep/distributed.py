@@ -59,3 +59,23 @@ class Processes:
                 t.copy_(moved)
             else:
                 dist.all_reduce(t)
+
+
+def fsdp_on_cpu(accelerator) -> bool:
+    """Make a CPU run launched with an FSDP config (``ACCELERATE_USE_FSDP=true``, as ``accelerate launch
+    --config_file configs/accelerate/fsdp.yaml`` sets) actually shard; returns whether it did.
+
+    Given ``cpu=True`` (which several CPU processes need, see :class:`Processes`), accelerate 1.x makes
+    the run MULTI_CPU and silently ignores the FSDP plugin: the processes would train as DDP. torch's
+    FSDP2 (``fully_shard``) itself runs on CPU over gloo, so the accelerator's state is switched to FSDP
+    with the plugin read from the same environment, as accelerate does on GPUs."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or accelerator.distributed_type.name != "MULTI_CPU":
+        return False
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    return True

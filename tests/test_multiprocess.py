@@ -4,6 +4,8 @@
 - `train`: 2 processes with micro-batches of 2 end with the weights and loss of 1 process with
   ``optim.grad_accum=2`` (the same global batch), and a checkpoint written by 2 processes resumes
   with 1 and the other way round, to the same weights;
+- `train` under FSDP2 (configs/accelerate/fsdp.yaml, fp32 on CPU): the same, with the LLM trained and
+  sharded, and the saved model loads;
 - `eval`: batches shared out and gathered back in order: the same predictions and metrics;
 - `importance`: batches shared out, scores summed over the processes: the same scores.
 """
@@ -26,14 +28,14 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def run(root, args, processes: int = 1, config: str | None = None) -> str:
+def run(root, args, processes: int = 1, config: str | None = None, launch: tuple = ()) -> str:
     """``speechkeep ARGS`` in 1 process, or through ``accelerate launch`` in several (with the flags, or
-    with an accelerate config file of configs/accelerate/); returns stderr."""
+    with an accelerate config file of configs/accelerate/ and the flags ``launch``); returns stderr."""
     if processes == 1:
         cmd = [sys.executable, "-m", "speechkeep"]
     elif config:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / config),
-               "--num_processes", str(processes), "--main_process_port", str(_port()), "-m", "speechkeep"]
+               "--num_processes", str(processes), "--main_process_port", str(_port()), *launch, "-m", "speechkeep"]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -82,6 +84,46 @@ def test_two_processes_train_like_one_with_the_same_global_batch_and_checkpoints
             assert abs(x - y) <= 2e-5  # metrics.csv rounds to 5 decimals
     before = _weights(root / "mp_1" / "model")
     assert any(not torch.equal(v, w) for v, w in zip(before.values(), a.values()))  # steps 3-4 changed something
+
+
+def test_fsdp_two_processes_train_like_one_and_checkpoints_cross_resume(work):
+    """The shipped FSDP2 config (one shard unit per decoder layer, the rest in the root unit), in fp32:
+    strategy=full, so the LLM's weights, gradients and Adam moments are sharded and gathered for the
+    checkpoints and the export."""
+    from speechkeep.models.speech_llm import SpeechLLM
+
+    root = work["root"]
+    sharded_then_one, one_then_sharded, straight = root / "fsdp_21", root / "fsdp_12", root / "fsdp_1"
+
+    def fsdp(args):
+        err = run(root, args, processes=2, config="fsdp.yaml", launch=("--mixed_precision", "no"))
+        assert "FSDP2: 3 shard units over 2 processes (cpu)" in err  # 2 decoder layers + the root
+        return err
+
+    def args(out, steps, processes):
+        return _train_args(work, out, steps, processes) + ["strategy=full"]
+
+    fsdp(args(sharded_then_one, 2, 2))
+    run(root, args(one_then_sharded, 2, 1))
+    _same_weights(one_then_sharded / "model", sharded_then_one / "model")
+    assert abs(_summary(one_then_sharded)["final_loss"] - _summary(sharded_then_one)["final_loss"]) <= 1e-5
+    assert (sharded_then_one / "model" / "llm").is_dir()  # the trained LLM, gathered whole
+    # each checkpoint resumed by the other kind of run, to step 4
+    run(root, args(sharded_then_one, 4, 1))
+    fsdp(args(one_then_sharded, 4, 2))
+    run(root, args(straight, 4, 1))
+    for out in (sharded_then_one, one_then_sharded):
+        _same_weights(straight / "model", out / "model")
+        assert _summary(out)["steps"] == 4
+        assert abs(_summary(out)["final_loss"] - _summary(straight)["final_loss"]) <= 1e-5
+        for x, y in zip(_losses(out), _losses(straight), strict=True):
+            assert abs(x - y) <= 2e-5
+    # the model saved by the FSDP run loads as one process's does
+    a, b = (SpeechLLM.from_pretrained(d / "model") for d in (one_then_sharded, straight))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=1e-6, rtol=0, msg=k)
 
 
 def test_eval_shares_batches_across_two_processes_and_gathers_them_in_order(work):

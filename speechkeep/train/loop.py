@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,9 @@ from speechkeep.errors import ConfigError, TrainingError
 from speechkeep.io import OutputDir, write_json
 from speechkeep.models.speech_llm import SpeechLLM
 from speechkeep.strategies import STRATEGIES, get_strategy
-from speechkeep.strategies.base import LossTerms, count_trainable
-from speechkeep.train.checkpoint import load_checkpoint, save_checkpoint
+from speechkeep.strategies.base import LossTerms, Strategy, count_trainable
+from speechkeep.train.checkpoint import (load_checkpoint, load_optimizer_state, load_trainable, save_checkpoint,
+                                         trainable_state)
 from speechkeep.train.config import TrainConfig
 from speechkeep.train.data import BatchStream, examples_from_rows, to_queries
 
@@ -239,6 +241,57 @@ def _multi_cpu() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not torch.cuda.is_available()
 
 
+def _accelerator(cfg: TrainConfig, precision: str):
+    """The run's accelerator: one process, DDP (CPU or GPUs) or FSDP2; DeepSpeed, Megatron-LM and FSDP1
+    are refused before the model is loaded."""
+    from accelerate import Accelerator
+
+    from speechkeep.distributed import fsdp_on_cpu
+
+    cpu = _multi_cpu()
+    acc = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum,
+                      mixed_precision="bf16" if precision == "bf16" else "no", cpu=cpu)
+    if cpu:
+        fsdp_on_cpu(acc)
+    kind = acc.distributed_type.name
+    if kind in ("DEEPSPEED", "MEGATRON_LM"):
+        raise ConfigError(f"accelerate {kind}: speechkeep's checkpoints and model export do not gather its sharded "
+                          "state; use configs/accelerate/ddp.yaml or configs/accelerate/fsdp.yaml")
+    if kind == "FSDP":
+        if acc.state.fsdp_plugin.fsdp_version != 2:
+            raise ConfigError("accelerate FSDP: only FSDP2 is supported (fsdp_version: 2, as in "
+                              "configs/accelerate/fsdp.yaml)")
+        strategy = get_strategy(cfg.strategy, cfg)
+        if type(strategy).begin is not Strategy.begin:
+            raise ConfigError(f"strategy {cfg.strategy} under FSDP: its begin() runs the model on the main process "
+                              "alone, which a sharded model cannot; use configs/accelerate/ddp.yaml")
+        if strategy.eval_metrics and cfg.eval_every:
+            raise ConfigError(f"strategy {cfg.strategy} under FSDP: its evaluation runs on the main process alone, "
+                              "which a sharded model cannot; set eval_every=0")
+    return acc
+
+
+def _shard_plan(acc, model: SpeechLLM) -> None:
+    """FSDP: one shard unit per LLM decoder layer (the LLM's ``_no_split_modules``) when the config asks for
+    transformer-based wrapping without naming the layer class; the speech encoder is left unsharded (it
+    runs outside the model's forward, in the feature cache), as the strategies' frozen modules are."""
+    plugin = acc.state.fsdp_plugin
+    if plugin.transformer_cls_names_to_wrap is None:
+        names = getattr(model.llm, "_no_split_modules", None)
+        plugin.transformer_cls_names_to_wrap = list(names) if names else None
+    if plugin.ignored_modules is None:
+        plugin.ignored_modules = "encoder"
+
+
+def _unsharded_model(cfg: TrainConfig, weights: dict[str, torch.Tensor], where: Path) -> SpeechLLM:
+    """FSDP: the trained model, whole and on the CPU, for the export: built again as at the start (the
+    config, the strategy's setup) with the gathered trainable weights, as a resumed run builds it."""
+    model = build_model(cfg)
+    get_strategy(cfg.strategy, cfg).setup(model)
+    load_trainable(model, weights, where)
+    return model
+
+
 def _keep_run(out: Path) -> bool:
     """A failed or interrupted run is kept when it has a checkpoint to resume from."""
     return (out / "checkpoint" / "progress.json").is_file() or (out / "model").is_dir()
@@ -267,7 +320,6 @@ def train(cfg: TrainConfig, rows: Sequence | None = None,
 
 def _train(cfg: TrainConfig, out: Path, per_task: dict,
            features: Callable[[list[str]], list[torch.Tensor]] | None, progress: bool) -> TrainResult:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -275,14 +327,10 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "fp32"
-    acc = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum,
-                      mixed_precision="bf16" if precision == "bf16" else "no", cpu=_multi_cpu())
-    if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        # Checkpoints and the saved model are taken from the main process's parameters, which these
-        # back-ends shard: fail now, not at the first checkpoint after hours of training.
-        raise ConfigError(f"accelerate {acc.distributed_type.name}: speechkeep's checkpoints and model export do not "
-                          "gather sharded parameters yet (configs/accelerate/fsdp.yaml is shipped but was never run; "
-                          "see the README's multi-process section); use configs/accelerate/ddp.yaml")
+    acc = _accelerator(cfg, precision)
+    # FSDP2 shards the parameters and optimizer state: checkpoints and the export gather them (every
+    # process takes part), and the optimizer state is loaded after sharding.
+    sharded = acc.distributed_type.name == "FSDP"
     set_seed(cfg.seed)
 
     if acc.device.type == "cpu":
@@ -307,9 +355,10 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
     # Each process takes every world_size-th micro-batch.
     rank, world = acc.process_index, acc.num_processes
 
-    step, elapsed_before = 0, 0.0
+    step, elapsed_before, saved_optimizer = 0, 0.0, None
     if cfg.resume and ckpt_dir.exists():
-        progress_rec = load_checkpoint(ckpt_dir, model, optimizer, scheduler)
+        progress_rec = load_checkpoint(ckpt_dir, model, None if sharded else optimizer, scheduler)
+        saved_optimizer = progress_rec.pop("optimizer", None)
         step = progress_rec["step"]
         elapsed_before = float(progress_rec.get("train_seconds", 0.0))
         stream.load_state(progress_rec["data"])
@@ -317,8 +366,20 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
     if acc.is_main_process:
         write_json(out / "train_config.json", config_to_dict(cfg))
 
+    if sharded:
+        _shard_plan(acc, model)
     model, optimizer = acc.prepare(model, optimizer)
+    if sharded:
+        from torch.distributed.fsdp import FSDPModule
+
+        units = sum(isinstance(m, FSDPModule) for m in model.modules())
+        if acc.is_main_process:
+            print(f"FSDP2: {units} shard units over {acc.num_processes} processes ({acc.device.type})", file=sys.stderr)
+    if saved_optimizer is not None:
+        load_optimizer_state(optimizer, saved_optimizer, ckpt_dir)
     raw = acc.unwrap_model(model)
+    # the optimizer's parameters (FSDP replaces the model's with sharded ones)
+    clipped = [p for g in optimizer.param_groups for p in g["params"]]
     raw.adaptor.train()
     raw.llm.train() if strategy.llm_changed else raw.llm.eval()
     # Modules the loss uses but never trains (a teacher) go where the model went, in eval mode.
@@ -386,7 +447,7 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
                                   bad, ckpt_dir, last_saved)
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
-                        norm = acc.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.optim.max_grad_norm)
+                        norm = acc.clip_grad_norm_(clipped, cfg.optim.max_grad_norm)
                         if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
                             _diverged(step + 1, f"the gradient norm is {float(norm):g}", [e.id for e in batch], ckpt_dir,
                                       last_saved)
@@ -451,9 +512,9 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
                 stopped_early = True
             if step % cfg.save_every == 0 or stopped_early or step == cfg.max_steps:
                 acc.wait_for_everyone()
-                if main:
+                if main or sharded:  # sharded: every process takes part in gathering, the main one writes
                     save_checkpoint(ckpt_dir, raw, optimizer, scheduler, step, stream.state(),
-                                    {"train_seconds": round(elapsed_before + time.perf_counter() - t0, 3)})
+                                    {"train_seconds": round(elapsed_before + time.perf_counter() - t0, 3)}, write=main)
                 last_saved = step
             if stopped_early:
                 acc.print(f"stopping after {cfg.max_minutes} minutes at step {step}")
@@ -467,6 +528,11 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
             tb.close()
     seconds = time.perf_counter() - t0
     result: dict = {}
+    if sharded:  # the export works on a whole model: the main process builds one with the gathered weights
+        weights = trainable_state(raw, keep=acc.is_main_process)
+        if acc.is_main_process:
+            raw = _unsharded_model(cfg, weights, ckpt_dir)
+        del weights
     if acc.is_main_process:
         if evals and cfg.eval_every and not last_eval:  # e.g. a run resumed at its last step
             raw.eval()
