@@ -74,7 +74,7 @@ def test_every_cell_runs_and_the_report_covers_them(reproduced, tiny_config):
     skipped = {n for n, r in record.items() if r.get("skipped")}
     # only parameter-change heatmaps of models whose LLM is not comparable weight by weight are skipped
     assert skipped == {"heatmap/adaptor", "heatmap/upscale_transformer", "heatmap/upscale_ebranchformer",
-                       "heatmap/upscale_ebranchformer_top"}
+                       "heatmap/upscale_ebranchformer_top", "heatmap/upscale_ebranchformer_speech_only"}
     for c in cells:
         assert c.done() or c.name in skipped, c.name
         r = record[c.name]

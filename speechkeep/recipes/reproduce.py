@@ -3,7 +3,8 @@
 On the same data, seed, starting front-end and training budget: No-FT (the text LLM as is), the cascade
 (Whisper transcript -> text LLM), the aligned front-end alone, and one training run per strategy cell
 (``full``, ``layer_lr``, ``lora`` at r = 8/16/24 for seed 001's Table 3, ``distill``, ``upscale`` with
-transformer and E-Branchformer blocks, ``adaptor``, and one cell for any strategy registered later);
+transformer and E-Branchformer blocks (and E-Branchformer on speech positions only), ``adaptor``, ``anchor``
+and importance-placed LoRA (``lora_importance``), and one cell for any strategy registered later);
 textual importance of the base LLM and after every strategy, the deactivation test (Table 1), rank
 clustering (Fig. 1), layer-wise importance shift (Figs. 2/3) and parameter-change heatmaps (Fig. 4);
 evaluation of T2T, S2T, ASR and perplexity. Then ``report.html`` (self-contained), ``report.md`` and
@@ -67,7 +68,15 @@ VARIANTS: dict[str, Variant] = {
     "upscale_ebranchformer_top": Variant("upscale, E-Branchformer blocks on top",
                                          ("strategy=upscale", "upscale.block=ebranchformer", "upscale.placement=top",
                                           "upscale.lr={upscale_lr}")),
+    "upscale_ebranchformer_speech_only": Variant("upscale, E-Branchformer blocks interleaved, speech positions only",
+                                                 ("strategy=upscale", "upscale.block=ebranchformer",
+                                                  "upscale.placement=interleaved", "upscale.speech_only=true",
+                                                  "upscale.lr={upscale_lr}")),
     "adaptor": Variant("adaptor only (LLM frozen)", ("strategy=adaptor",)),
+    "anchor": Variant("anchor (full, importance-weighted pull to the base weights)",
+                      ("strategy=anchor", "optim.lr={full_lr}", "anchor.importance={importance}")),
+    "lora_importance": Variant("lora (r=8 budget), importance-guided placement",
+                               ("strategy=lora", "lora.placement=importance", "lora.importance={importance}")),
 }
 """The built-in strategy cells (names kept from ``benchmarks/strategy_comparison.py``: ``lora`` is r=8)."""
 
@@ -94,7 +103,8 @@ PRESETS: dict[str, Preset] = {
     "distill": Preset("lora vs distill vs full (issue 14)", ("lora", "distill", "distill_t2t", "full"), {"qa": 1},
                       ("t2t", "s2t", "ppl"), "lora"),
     "upscale": Preset("multimodal depth up-scaling vs full and lora (issue 15, seed 003)",
-                      ("upscale_ebranchformer", "full", "upscale_transformer", "lora", "upscale_ebranchformer_top"),
+                      ("upscale_ebranchformer", "full", "upscale_transformer", "lora", "upscale_ebranchformer_top",
+                       "upscale_ebranchformer_speech_only"),
                       {"qa": 1, "asr": 1}, ("t2t", "s2t", "asr", "ppl"), "full"),
 }
 
@@ -108,7 +118,7 @@ class ReproduceConfig(Checked):
     preset: Literal["all", "distill", "upscale"] = "all"
     """Which comparison: 'all' (every strategy cell, trained on spoken QA + ASR, evaluated on T2T, S2T, ASR, perplexity, reference full), or the earlier 'distill' (issue 14) and 'upscale' (issue 15) comparisons."""
     cells: list[str] | None = None
-    """Strategy cells to run (None: the preset's); built-in: full, layer_lr, lora, lora_r16, lora_r24, distill_t2t, distill, upscale_transformer, upscale_ebranchformer, upscale_ebranchformer_top, adaptor, and any registered strategy by its name."""
+    """Strategy cells to run (None: the preset's); built-in: full, layer_lr, lora, lora_r16, lora_r24, distill_t2t, distill, upscale_transformer, upscale_ebranchformer, upscale_ebranchformer_top, upscale_ebranchformer_speech_only, adaptor, anchor, lora_importance, and any registered strategy by its name."""
     extra_cells: dict[str, list[str]] = field(default_factory=dict)
     """More strategy cells: name -> its `speechkeep train` overrides, e.g. {lora_r32: [strategy=lora, lora.r=32]}; added to cells."""
     only: list[str] | None = None
