@@ -99,8 +99,13 @@ def test_every_cell_runs_and_the_report_covers_them(reproduced, tiny_config):
     for c in res["comparisons"]:  # a difference is called only when it is significant
         assert (c["verdict"] == "no significant difference") == (not c["significant"])
     assert set(res["degradation_reduction"]) == set(names) - {"full"}
+    # the importance-guided restoration sweep of full: p = 0 (full's own evaluation) and every p, on the Pareto plot
+    assert [c["fraction_percent"] for c in res["restoration"]["full"]] == [0, 0.5, 1, 3, 10]
+    assert res["restoration"]["full"][0]["t2t"] == res["evaluations"]["full"]["t2t"]["accuracy"]
+    assert res["restoration"]["full"][-1]["restored"] > res["restoration"]["full"][1]["restored"] > 0
+    assert sum("top 10% restored" in p["name"] for p in res["pareto"]) == 1
     figs = set(res["figures"])
-    assert {"figures/pareto.png", "figures/training_curves.png", "figures/fig1_rank_clustering.png",
+    assert {"figures/pareto.png", "figures/restore_full.png", "figures/training_curves.png", "figures/fig1_rank_clustering.png",
             "figures/fig23_layer_importance.png", "figures/fig4_parameter_change_lora.png"} <= figs
 
     html = (out / "report.html").read_text()
@@ -109,7 +114,7 @@ def test_every_cell_runs_and_the_report_covers_them(reproduced, tiny_config):
     assert "<link" not in html and "<script" not in html
     md = (out / "report.md").read_text()
     for title in ("Table 1", "Table 2", "Table 3", "Fig. 1", "Figs. 2/3", "Fig. 4", "Pareto", "Training curves",
-                  "Degradation reduction", "Paired significance"):
+                  "Degradation reduction", "Paired significance", "Importance-guided restoration"):
         assert title in md and title in html
     for f in figs:
         assert f"]({f})" in md and (out / f).is_file()

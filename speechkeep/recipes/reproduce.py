@@ -191,6 +191,10 @@ class ReproduceConfig(Checked):
     """Share of the base LLM's parameters zeroed in the deactivation test (Table 1)."""
     deactivate_limit: int | None = ranged(200, ge=1)
     """Held-out answers the deactivation perplexities are measured on (None: all)."""
+    restore_cells: list[str] = field(default_factory=lambda: ["full"])
+    """Strategy cells whose fine-tuned model gets an importance-guided restoration sweep (`speechkeep restore`: the top p% textually important LLM weights put back to the base LLM's, by the importance of importance/base; full and layer_lr runs, LoRA through its merged weights)."""
+    restore_sweep: list[float] = ranged(default_factory=lambda: [0.5, 1.0, 3.0, 10.0], gt=0, le=100)
+    """The percentages p of the restoration sweep; each restored model is evaluated on T2T and S2T (p = 0 is the cell's own evaluation)."""
     heatmap_layer: int | None = ranged(None, ge=0)
     """Second layer of the heatmaps (besides layer 0); None: the LLM's last layer."""
     heatmap_matrices: list[str] | None = None
@@ -397,7 +401,29 @@ def plan_cells(cfg: ReproduceConfig, init: str | None) -> list[Cell]:
                 *_matrices(cfg), f"out={d}"], _run_importance_command, lambda d=d: (d / "heatmaps.json").is_file(),
                 needs=(f"train/{name}", "importance/base"), kind="heatmap",
                 skip_reason=lambda run_dir=run_dir, strategy=variant.strategy: _heatmap_skip(run_dir, strategy)))
+        if cfg.importance and name in cfg.restore_cells:
+            d = out / "restore" / name
+            cells.append(Cell(f"restore/{name}", d, lambda d=d, run_dir=run_dir, name=name: [
+                "speechkeep", "restore", f"run={run_dir}", f"importance={imp_base}",
+                f"sweep=[{', '.join(f'{p:g}' for p in cfg.restore_sweep)}]", f"data={eval_manifest}", "tasks=[t2t, s2t]",
+                f"max_new_tokens={cfg.eval_max_new_tokens}", f"finetuned_eval={out / 'eval' / name}", f"out={d}"],
+                _run_importance_command, lambda d=d: (d / "curve.json").is_file(),
+                needs=(f"train/{name}", f"eval/{name}", "importance/base"), kind="restore",
+                skip_reason=lambda strategy=variant.strategy: _restore_skip(strategy)))
+    from speechkeep.strategies import STRATEGIES
+
+    unknown = [n for n in cfg.restore_cells if n not in VARIANTS and n not in STRATEGIES and n not in cfg.extra_cells]
+    if unknown:  # a cell that exists but is not in this comparison simply has no sweep
+        raise UsageError(f"restore_cells: unknown cell '{unknown[0]}'; known: {', '.join(VARIANTS)} (or a strategy or "
+                         "extra cell name)")
     return cells
+
+
+def _restore_skip(strategy: str) -> str | None:
+    if strategy in ("upscale", "adaptor"):
+        return (f"no restoration sweep of a {strategy} run: its LLM weights are the base LLM's (the new blocks or the "
+                "adaptor are what trained)")
+    return None
 
 
 def _last_wins(overrides: list[str]) -> list[str]:

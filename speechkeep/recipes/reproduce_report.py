@@ -126,6 +126,11 @@ def _acc(m: dict | None) -> str | None:
     return _pct(m["accuracy"]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
 
 
+def _point(c: dict, task: str) -> dict:
+    """A restoration-curve point's task as an evaluation's accuracy record (for _acc and the Pareto plot)."""
+    return {"accuracy": c.get(task), "ci95": c.get(f"{task}_ci95")}
+
+
 def _wer(m: dict | None) -> str | None:
     if not m or m.get("wer") is None:
         return None
@@ -478,9 +483,38 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
     results["parameter_change"] = _finite(pc)
     sections.append(f4)
 
+    # --- importance-guided restoration (speechkeep restore)
+    fr = Section("Importance-guided restoration: the top p% textually important LLM weights put back")
+    restored_rows: dict[str, dict] = {}
+    curves_r = {}
+    for n in getattr(cfg, "restore_cells", []):
+        cj = _read_json(out / "restore" / n / "curve.json")
+        if not cj:
+            continue
+        curves_r[n] = cj["curve"]
+        fr.table(["p %", "restored params", "T2T acc % [95% CI]", "S2T acc % [95% CI]", "T2T recovered (points)",
+                  "S2T lost (points)"],
+                 [[f"{c['fraction_percent']:g}", f"{c.get('restored', 0):,}", _acc(_point(c, "t2t")), _acc(_point(c, "s2t")),
+                   _pct(c.get("t2t_recovered")), _pct(c.get("s2t_lost"))] for c in cj["curve"]])
+        if (out / "restore" / n / "curve.png").is_file():
+            with atomic_path(figs / f"restore_{n}.png") as tmp:
+                shutil.copyfile(out / "restore" / n / "curve.png", tmp)
+            fr.fig(figs / f"restore_{n}.png", f"{labels.get(n, n)}: T2T and S2T against p (no retraining)")
+        for c in cj["curve"]:
+            if c["fraction_percent"] > 0 and "t2t" in c and "s2t" in c:
+                restored_rows[f"{labels.get(n, n)}, top {c['fraction_percent']:g}% restored"] = {
+                    "t2t": _point(c, "t2t"), "s2t": _point(c, "s2t")}
+    if not curves_r:
+        fr.p(_absent(cfg, "restore/<strategy>"))
+    else:
+        fr.p("p = 0 is the fine-tuned model itself. Ranking: the textual importance of the base LLM (importance/base).")
+    results["restoration"] = curves_r
+    sections.append(fr)
+
     # --- Pareto
     fp = Section("Pareto: T2T retention against S2T accuracy")
     pareto_rows = {labels.get(k, k): v for k, v in table2.items() if k != "No-FT (text LLM as is)"}
+    pareto_rows.update(restored_rows)
     for k, v in pareto_rows.items():  # the cascade's LLM is the text LLM as is: its T2T is No-FT's
         if k.startswith("cascade") and noft and noft.get("t2t"):
             pareto_rows[k] = {**v, "t2t": noft["t2t"]}
