@@ -17,7 +17,7 @@ The student decides which parameters train and at which learning rates: ``full``
 read from a ``speechkeep importance`` run of the pre-trained LLM with text input, or computed at start on
 a seeded share of the training manifest (as ``layer_lr`` does).
 
-Cost: the term's value and gradient are one fused pass over the LLM's weights
+Cost: the term's value and gradient are one chunked pass over the LLM's weights
 (:class:`AnchorPenalty`), and the run keeps two fp32 copies of the LLM (theta0 and I) in memory.
 """
 
@@ -52,31 +52,39 @@ class AnchorSettings(Checked):
 
 
 class AnchorPenalty(torch.autograd.Function):
-    """sum_i w_i (p_i - p0_i)^2 * scale over lists of tensors, with its gradient 2 * scale * w * (p - p0),
-    each computed in one pass per tensor (no autograd graph over the weights)."""
+    """sum_i w_i (p_i - p0_i)^2 * scale over lists of tensors, with its gradient 2 * scale * w * (p - p0).
+
+    Memory traffic is the cost (three fp32 copies of the LLM are read every step), so the forward pass
+    walks each tensor in cache-sized chunks: p - p0 and w * (p - p0) never leave the cache, the value is
+    summed from them, and the gradient is written once, already scaled; the backward pass returns it
+    (no autograd graph over the weights, no second pass)."""
+
+    CHUNK = 1 << 16
+    """Elements per chunk (256 KiB of fp32: a few such buffers fit a core's L2 cache)."""
 
     @staticmethod
     def forward(ctx, scale: float, anchors: list, weights: list, *params):
-        ctx.scale, ctx.anchors, ctx.weights = scale, anchors, weights
-        ctx.save_for_backward(*params)
         total = params[0].new_zeros((), dtype=torch.float32)
+        kept, c, step = [], 2.0 * scale, AnchorPenalty.CHUNK
         with torch.no_grad():
-            for p, p0, w in zip(params, anchors, weights):
-                d = p.detach().float() - p0
-                total += torch.dot((d * w).flatten(), d.flatten())
+            for k, (p, p0, w) in enumerate(zip(params, anchors, weights)):
+                flat, a, ww = p.detach().reshape(-1), p0.reshape(-1), w.reshape(-1)
+                g = torch.empty(flat.numel(), dtype=torch.float32, device=flat.device) if ctx.needs_input_grad[3 + k] else None
+                for s in range(0, flat.numel(), step):
+                    d = flat[s: s + step].float() - a[s: s + step]
+                    wd = d * ww[s: s + step]
+                    total += torch.dot(wd, d)
+                    if g is not None:
+                        torch.mul(wd, c, out=g[s: s + step])
+                kept.append(None if g is None else g.view(p.shape))
+        ctx.kept, ctx.dtypes = kept, [p.dtype for p in params]
         return total * scale
 
     @staticmethod
     def backward(ctx, grad_out):
-        params = ctx.saved_tensors
-        c = 2.0 * ctx.scale * grad_out
-        grads = []
-        for p, p0, w in zip(params, ctx.anchors, ctx.weights):
-            if not ctx.needs_input_grad[3 + len(grads)]:
-                grads.append(None)
-                continue
-            d = p.detach().float() - p0
-            grads.append((d.mul_(w).mul_(c)).to(p.dtype))
+        one = bool(grad_out == 1)
+        grads = [None if g is None else (g if one else g.mul_(grad_out)).to(dt) for g, dt in zip(ctx.kept, ctx.dtypes)]
+        ctx.kept = None
         return (None, None, None, *grads)
 
 
