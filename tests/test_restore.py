@@ -159,6 +159,10 @@ def test_restore_sweep_takes_p0_from_an_existing_evaluation(setup, tmp_path, ton
                                     finetuned_eval=str(tmp_path / "ev")))
     assert "s2t" in ev, ev.get("skipped")
     assert res["curve"][0]["t2t"] == ev["t2t"]["accuracy"] and not (tmp_path / "sweep" / "p0" / "model").exists()
+    # the data given as its directory is the same data as its manifest.jsonl
+    res = run_restore(RestoreConfig(run=str(root / "ft"), importance=str(root / "imp"), out=str(tmp_path / "s3"),
+                                    sweep=[100], data=str(tmp_path), max_new_tokens=4, finetuned_eval=str(tmp_path / "ev")))
+    assert res["curve"][0]["t2t"] == ev["t2t"]["accuracy"]
     with pytest.raises(UsageError, match="evaluated"):
         run_restore(RestoreConfig(run=str(root / "ft"), importance=str(root / "imp"), out=str(tmp_path / "s2"),
                                   sweep=[100], data=str(tmp_path / "other.jsonl"), finetuned_eval=str(tmp_path / "ev")))

@@ -197,7 +197,7 @@ def _read_finetuned_eval(cfg: RestoreConfig) -> dict:
     if not path.is_file():
         raise UsageError(f"finetuned_eval: {path} does not exist (give a `speechkeep eval` output directory)")
     m = read_json_object(path, "evaluation metrics")
-    if Path(str(m.get("data", ""))).resolve() != Path(cfg.data).resolve():
+    if _manifest(m.get("data", "")) != _manifest(cfg.data):
         raise UsageError(f"finetuned_eval: {path} evaluated {m.get('data')}, the sweep uses {cfg.data}")
     if cfg.limit is not None and m.get("n") != cfg.limit:
         raise UsageError(f"finetuned_eval: {path} has {m.get('n')} items, the sweep limit={cfg.limit}")
@@ -205,6 +205,12 @@ def _read_finetuned_eval(cfg: RestoreConfig) -> dict:
     if missing:
         raise UsageError(f"finetuned_eval: {path} has no {missing[0]} result")
     return m
+
+
+def _manifest(data: str) -> Path:
+    """A data argument as the manifest file it means (a directory means its manifest.jsonl)."""
+    p = Path(str(data)).resolve()
+    return p / "manifest.jsonl" if p.is_dir() else p
 
 
 def _evaluate_point(cfg: RestoreConfig, dest: Path) -> dict:
