@@ -118,7 +118,7 @@ def valid_positions(attention_mask, q_len: int, past: int = 0) -> torch.Tensor |
     kv = attention_mask.shape[-1]
     if kv < q_len:
         return None
-    start = past if past + q_len < kv else kv - q_len
+    start = min(past, kv - q_len)
     rows = torch.arange(q_len, device=attention_mask.device)
     diag = attention_mask[:, 0, rows, start + rows]
     return diag if diag.dtype == torch.bool else diag == 0
