@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--loss", nargs="+", default=["compact"], choices=["compact", "full"],
                     help="CTC computation: compact (blank + the batch's labels + the rest of the mass; the default) "
                          "or full (every vocabulary column through the padded CTC, as before issue 16)")
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                    help="fp32, or bf16 autocast (what train's precision=bf16 does; fast on CPUs with AMX/AVX512-BF16)")
     ap.add_argument("--batch", type=int, default=64, help="utterances per step")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant")
     ap.add_argument("--layers", type=int, default=2, help="Transformer/Conformer adaptor layers")
@@ -44,7 +46,8 @@ def main() -> None:
     lens = (torch.rand(args.batch, generator=g) * 4.5 + 1.5).mul(50).long().tolist()
     frames = [torch.randn(n, d_enc, generator=g) for n in lens]
     variants = []
-    for arch, v, how in [(a, v, h) for a in args.arch for v in args.vocab for h in args.loss]:
+    for arch, v, how, prec in [(a, v, h, p) for a in args.arch for v in args.vocab for h in args.loss
+                               for p in args.precision]:
         torch.manual_seed(0)
         cfg = AdaptorConfig(hidden_size=args.hidden, ffn_size=args.ffn, output="ctc", ctc_vocab_size=v, arch=arch,
                             layers=args.layers)
@@ -53,30 +56,31 @@ def main() -> None:
         opt = torch.optim.AdamW(a.parameters(), lr=1e-4, fused=True)
         ntoks = [a.num_tokens(n) for n in lens]
         targets = [torch.randint(1, v + 1, (max(1, t // 3),), generator=g).tolist() for t in ntoks]
-        variants.append((arch, v, how, a, opt, targets, sum(p.numel() for p in a.parameters())))
+        variants.append((arch, v, how, prec, a, opt, targets, sum(p.numel() for p in a.parameters())))
 
-    def step(a, opt, targets, how):
+    def step(a, opt, targets, how, prec):
         vocab_emb = emb[a.ctc_vocab]
-        loss = ctc_loss(a, frames, targets, vocab_emb, compact=how == "compact")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
+            loss = ctc_loss(a, frames, targets, vocab_emb, compact=how == "compact")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     times = {i: [] for i in range(len(variants))}
     for r in range(args.steps + 1):
-        for i, (_, _, how, a, opt, targets, _) in enumerate(variants):
+        for i, (_, _, how, prec, a, opt, targets, _) in enumerate(variants):
             t0 = time.perf_counter()
-            step(a, opt, targets, how)
+            step(a, opt, targets, how, prec)
             if r:
                 times[i].append(time.perf_counter() - t0)
     print(f"batch {args.batch} utterances, {sum(lens) / 50 / 60:.1f} min of audio, torch threads {torch.get_num_threads()}")
     base = None
-    print("| adaptor | CTC vocabulary | CTC computation | parameters | s/step | vs first |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for i, (arch, v, how, _, _, _, n) in enumerate(variants):
+    print("| adaptor | CTC vocabulary | CTC computation | precision | parameters | s/step | vs first |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for i, (arch, v, how, prec, _, _, _, n) in enumerate(variants):
         s = sorted(times[i])[len(times[i]) // 2]
         base = base or s
-        print(f"| {arch} | {v:,} | {how} | {n:,} | {s:.3f} | {s / base:.2f}x |")
+        print(f"| {arch} | {v:,} | {how} | {prec} | {n:,} | {s:.3f} | {s / base:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -177,3 +177,26 @@ def test_wer_is_logged_and_the_stage_resumes_exactly(ctc_cfg, tmp_path, monkeypa
     hyps = model.ctc_transcribe(frames_of([r.audio for r in ROWS[:3]]))
     wer = round(corpus_wer([r.text for r in ROWS[:3]], hyps), 4)
     assert straight.summary["eval_wer"] == wer and float(rows[-1]["eval_wer"]) == pytest.approx(wer, abs=1e-5)
+
+
+def test_bf16_precision_autocasts_the_step_and_keeps_fp32_weights(ctc_cfg, tmp_path):
+    """`precision=bf16` (autocast on CPU too): the same run's losses follow the fp32 run's closely but not
+    bit for bit (the matmuls ran in bfloat16), and the trained weights stay fp32."""
+    from speechkeep.align.ctc import train_config
+    from speechkeep.train.loop import train
+
+    def run(precision: str, out: str):
+        ctc_cfg.precision, ctc_cfg.out = precision, str(tmp_path / out)
+        tcfg = train_config(ctc_cfg)
+        assert tcfg.precision == precision
+        tcfg.log_every = 1
+        res = train(tcfg, rows=ROWS, features=frames_of, progress=False)
+        with open(tmp_path / out / "metrics.csv", newline="") as f:
+            return res, torch.tensor([float(r["term_ctc"]) for r in csv.DictReader(f)])
+
+    res32, l32 = run("fp32", "fp32")
+    res16, l16 = run("bf16", "bf16")
+    assert len(l16) == len(l32) == 5 and torch.isfinite(l16).all()
+    assert not torch.equal(l16, l32)
+    torch.testing.assert_close(l16, l32, rtol=0.05, atol=0.05)
+    assert all(p.dtype == torch.float32 for p in res16.model.adaptor.parameters())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -84,6 +85,10 @@ class CTCAlignConfig(Checked):
     """Feature-channel masks per utterance during training (0: off)."""
     feature_mask_channels: int = ranged(27, ge=1)
     """Widest feature-channel mask (channels)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32, or bf16 autocast (the matmuls in bfloat16, weights and optimizer state in fp32): on a CPU with AMX
+    (e.g. Sapphire Rapids) a step of the general front-end's Transformer adaptor took 0.70x the time
+    (benchmarks/bench_ctc_vocab.py --precision fp32 bf16)."""
 
 
 MIN_LR_RATIO = 0.1
@@ -112,7 +117,7 @@ def train_config(cfg: CTCAlignConfig):
                  "features_dir": cfg.features_dir, "group_by_length": True},
         "output_dir": cfg.out, "max_steps": cfg.max_steps, "max_minutes": cfg.max_minutes,
         "save_every": cfg.save_every, "log_every": LOG_EVERY, "eval_every": cfg.eval_every if cfg.eval_manifest else None,
-        "resume": cfg.resume, "seed": cfg.seed, "precision": "fp32",
+        "resume": cfg.resume, "seed": cfg.seed, "precision": cfg.precision,
     })
 
 

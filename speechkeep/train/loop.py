@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -236,9 +237,18 @@ def _multi_cpu() -> bool:
     """Several processes (``accelerate launch --multi_gpu --num_processes N``, ``torchrun``) on a machine
     without a GPU: accelerate then needs ``cpu=True`` to run them as one DDP group over gloo (else each
     process trains alone)."""
-    import os
-
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not torch.cuda.is_available()
+
+
+def _forget_other_precision(mixed: str) -> None:
+    """Let one process train again with another precision (two runs in one Python session, e.g. fp32 then bf16):
+    accelerate keeps its state in a process-wide singleton that refuses a new ``mixed_precision``. In a single
+    process its precision-dependent part is dropped and rebuilt; a launched multi-process run keeps its own."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed) != mixed and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
+        AcceleratorState._reset_state()
 
 
 def _accelerator(cfg: TrainConfig, precision: str):
@@ -249,8 +259,9 @@ def _accelerator(cfg: TrainConfig, precision: str):
     from speechkeep.distributed import fsdp_on_cpu
 
     cpu = _multi_cpu()
-    acc = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum,
-                      mixed_precision="bf16" if precision == "bf16" else "no", cpu=cpu)
+    mixed = "bf16" if precision == "bf16" else "no"
+    _forget_other_precision(mixed)
+    acc = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=mixed, cpu=cpu)
     if cpu:
         fsdp_on_cpu(acc)
     kind = acc.distributed_type.name
