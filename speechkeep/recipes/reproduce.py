@@ -183,8 +183,11 @@ class ReproduceConfig(Checked):
     """Extra `speechkeep train` overrides given to every strategy cell (e.g. [model.adaptor.hidden_size=256])."""
     importance: bool = True
     """Run the importance cells: textual importance before and after each strategy, deactivation, heatmaps."""
-    importance_fraction: float = ranged(1 / 30, gt=0, le=1)
-    """Seeded share of the training questions the textual importance is computed on (seed: 1/30)."""
+    importance_fraction: float = ranged(1.0, gt=0, le=1)
+    """Seeded share of the training questions the textual importance is computed on. Seed 001 took 1/30 of a large
+    corpus; of the default 400 questions that is 13, and the top-3% set of SmolLM2's weights from 13 questions
+    shared 53-56% with the ranking from all 400 (two seeds: 40% with each other), from 100 questions 79% (72%):
+    hence all of them by default (110 s per pass on 2 cores)."""
     importance_batch_size: int = ranged(8, ge=1)
     """Batch size of the importance passes."""
     deactivate_fraction: float = ranged(0.03, gt=0, lt=1)
