@@ -540,6 +540,17 @@ def _flag_kwargs(cls: type, f: Flag) -> dict[str, Any]:
     return kw
 
 
+def _split_numbers(cls: type, key: str, value: Any) -> Any:
+    """A flag of a list of numbers takes them space- or comma-separated (``--sweep 0.5 1 3`` or ``--sweep 0.5,1,3``)."""
+    tp, _ = _unwrap_optional(_hints(cls)[key])
+    if typing.get_origin(tp) not in (list, tuple) or not isinstance(value, list):
+        return value
+    args = typing.get_args(tp)
+    if not args or args[0] not in (int, float):
+        return value
+    return [x.strip() for v in value for x in (v.split(",") if isinstance(v, str) else [v]) if str(x).strip()]
+
+
 def _field_default_repr(cls: type, name: str) -> str:
     for f in dataclasses.fields(cls):
         if f.name == name:
@@ -597,5 +608,5 @@ def config_from_args(args: argparse.Namespace, cls: type[T] | None = None) -> tu
     for f in args._config_flags:
         v = getattr(args, f.dest, None)
         if v is not None:
-            values[f.key] = v
+            values[f.key] = _split_numbers(cls, f.key, v)
     return load_config(cls, path, overrides, values=values), path

@@ -196,3 +196,16 @@ def test_bare_arguments_after_an_option_are_still_runs(monkeypatch):
     assert main(["importance-compare", "r1", "--out", "o", "r2", "labels=[A, B]", "--absolute"]) == 0
     assert seen[0].runs == ["r1", "r2"] and seen[0].labels == ["A", "B"] and seen[0].out == "o" and seen[0].absolute
     assert main(["eval", "--out", "o", "stray"]) == 2  # a command without bare arguments still refuses them
+
+
+def test_a_list_of_numbers_flag_takes_commas_or_spaces():
+    """Issue 19 writes `restore --sweep 0.5,1,3,10`; `--sweep 0.5 1 3 10` and `sweep=[0.5,1,3,10]` are the same."""
+    from speechkeep.config import config_from_args
+
+    parser = build_parser()
+    forms = [["--sweep", "0.5,1,3,10"], ["--sweep", "0.5", "1", "3", "10"], ["--sweep", "0.5,1", "3,10"],
+             ["sweep=[0.5,1,3,10]"]]
+    got = [config_from_args(parser.parse_args(["restore", "--run", "r", *f]))[0].sweep for f in forms]
+    assert got == [[0.5, 1.0, 3.0, 10.0]] * 4
+    with pytest.raises(Exception, match="sweep"):
+        config_from_args(parser.parse_args(["restore", "--sweep", "0.5,x"]))

@@ -109,3 +109,20 @@ def test_degradation_reduction_matches_its_definition():
     assert r.ci_low < 0.75 < r.ci_high and r.undefined_fraction == 0
     assert degradation_reduction(base, base, x).reduction is None  # full did not degrade: undefined
     assert degradation_reduction(base, full, full).reduction == pytest.approx(0.0)
+
+
+def test_retention_ci_is_the_ratio_with_a_paired_interval():
+    from speechkeep.evaluate.stats import retention_ci
+
+    base = [True] * 200 + [False] * 800
+    x = [True] * 150 + [False] * 850  # the base's first 150 right: 75% retained
+    point, lo, hi = retention_ci(base, x)
+    assert point == pytest.approx(0.75) and lo < 0.75 < hi
+    # paired: X right exactly where the base is right on 150 of them, so the ratio varies less than two independent
+    # accuracies would make it (their interval is wider)
+    rng = np.random.default_rng(1)
+    y = list(rng.permutation(x))
+    _, lo_y, hi_y = retention_ci(base, y)
+    assert hi - lo < hi_y - lo_y
+    assert retention_ci(base, base)[1:] == (1.0, 1.0)
+    assert retention_ci([False] * 10, [True] * 10) is None

@@ -204,6 +204,23 @@ def degradation_reduction(base: Sequence[bool], full: Sequence[bool], x: Sequenc
                                 undefined_fraction=float(1 - ok.mean()))
 
 
+def retention_ci(base: Sequence[bool], x: Sequence[bool], confidence: float = CONFIDENCE,
+                 n_resamples: int = N_RESAMPLES, seed: int = SEED) -> tuple[float, float, float] | None:
+    """Retention of a model X against the base model on the same questions, accuracy_X / accuracy_base, with a
+    percentile interval over paired bootstrap resamples of the questions (resamples where the base got nothing right
+    are left out). None when the base got nothing right."""
+    b, xx = (v.astype(np.float64) for v in _paired(base, x))
+    if b.sum() == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, b.size, size=(n_resamples, b.size))
+    bm, xm = b[idx].mean(1), xx[idx].mean(1)
+    ok = bm > 0
+    r = xm[ok] / bm[ok]
+    alpha = (1 - confidence) / 2
+    return float(xx.mean() / b.mean()), float(np.quantile(r, alpha)), float(np.quantile(r, 1 - alpha))
+
+
 def _errors(errors: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(errors, dtype=np.float64).reshape(-1, 2)
     if x.shape[0] == 0:

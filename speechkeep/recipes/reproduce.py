@@ -541,6 +541,9 @@ class Ledger:
         self.cells_path, self.times_path = out / "cells.json", out / "times.json"
         self.cells = read_json_object(self.cells_path, "cells record") if self.cells_path.is_file() else {}
         self.times = read_json_object(self.times_path, "times record") if self.times_path.is_file() else {}
+        for rec in self.cells.values():  # records of found cells written before command_now existed
+            if rec.get("found") and rec.get("command") and "command_now" not in rec:
+                rec["command_now"], rec["command"] = rec["command"], None
 
     def add_time(self, key: str, seconds: float) -> None:
         from speechkeep.io import write_json
@@ -553,10 +556,11 @@ class Ledger:
         """``found``: a cell finished before this record existed (its finishing time and versions are unknown)."""
         from speechkeep.io import write_json
 
-        entry = {"command": shlex.join(command) if command else None, "seconds": seconds,
+        entry = {"command": shlex.join(command) if command and not found else None, "seconds": seconds,
                  "finished": None if found else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if found:
+        if found:  # the command that made it is unknown: the cell's own directory records its settings
             entry["found"] = "finished before speechkeep reproduce recorded it (e.g. by benchmarks/strategy_comparison.py)"
+            entry["command_now"] = shlex.join(command) if command else None
         if skipped:
             entry["skipped"] = skipped
         if prov:

@@ -19,6 +19,7 @@ import csv
 import html
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,88 @@ def _acc(m: dict | None) -> str | None:
 def _point(c: dict, task: str) -> dict:
     """A restoration-curve point's task as an evaluation's accuracy record (for _acc and the Pareto plot)."""
     return {"accuracy": c.get(task), "ci95": c.get(f"{task}_ci95")}
+
+
+BEYOND_PAIRS = (("anchor", "full"), ("anchor", "layer_lr"), ("lora_importance", "lora"))
+"""Issue 19's matched comparisons: each method beyond the seeds against the seed strategy it builds on."""
+
+
+def _beyond_section(results: dict, metrics: dict, labels: dict, ev: Path, out: Path, curves_r: dict, outcomes,
+                    paired) -> "Section":
+    """Issue 19: anchoring, importance-guided LoRA and restoration, each against the strategy it builds on (paired
+    tests), and each against the seeds' best trade-off: T2T drop at most layer_lr's (T2T at least layer_lr's) while
+    S2T is at least LoRA's."""
+    sec = Section("Beyond the seeds: anchoring, importance-guided LoRA and restoration")
+    cand: dict[str, Path] = {labels.get(n, n): ev / n for n in ("anchor", "lora_importance") if n in metrics}
+    pair_rows, comps = [], []
+
+    def test(a_label, a_dir, b_label, b_dir, task):
+        a, b = _outcomes_or_none(outcomes, a_dir, task), _outcomes_or_none(outcomes, b_dir, task)
+        if not a or not b:
+            return None
+        try:
+            c = paired(a, b)
+        except ValueError:
+            return None
+        comps.append({"a": a_label, "b": b_label, "task": task.upper(), **c.to_dict(), "verdict": verdict(c),
+                      "describe": c.describe()})
+        return c
+
+    for a, b in BEYOND_PAIRS:
+        if a in metrics and b in metrics:
+            for task in ("t2t", "s2t"):
+                test(labels.get(a, a), ev / a, labels.get(b, b), ev / b, task)
+    for n, curve in curves_r.items():
+        for c in curve:
+            p = c["fraction_percent"]
+            d = out / "restore" / n / f"p{p:g}" / "eval"
+            if p > 0 and (d / "predictions.jsonl").is_file():
+                name = f"{labels.get(n, n)}, top {p:g}% restored"
+                cand[name] = d
+                for task in ("t2t", "s2t"):
+                    test(name, d, labels.get(n, n), ev / n, task)
+    sec.table(["A", "B", "task", "A - B (points)", "95% CI", "A only / B only", "p", "verdict"],
+              [[c["a"], c["b"], c["task"], f"{100 * c['difference']:+.1f}",
+                f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}", f"{c['only_a']} / {c['only_b']}",
+                f"{c['p_value']:.3g}", c["verdict"]] for c in comps] or [["(no pair evaluated yet)"] + [None] * 7])
+
+    trade, box = [], None
+    if "layer_lr" in metrics and "lora" in metrics and cand:
+        box = {"t2t_at_least": metrics["layer_lr"].get("t2t", {}).get("accuracy"),
+               "s2t_at_least": metrics["lora"].get("s2t", {}).get("accuracy")}
+        for name, d in cand.items():
+            t = test(name, d, labels.get("layer_lr", "layer_lr"), ev / "layer_lr", "t2t")
+            s_ = test(name, d, labels.get("lora", "lora"), ev / "lora", "s2t")
+            if t is None or s_ is None:
+                continue
+            meets = t.difference >= 0 and s_.difference >= 0
+            fails = [f"{w} significantly below {o}'s" for w, o, c in (("T2T", "layer_lr", t), ("S2T", "LoRA", s_))
+                     if c.difference < 0 and c.p_value < 0.05]
+            better = [f"{w} significantly above {o}'s" for w, o, c in (("T2T", "layer_lr", t), ("S2T", "LoRA", s_))
+                      if c.difference > 0 and c.p_value < 0.05]
+            if meets:
+                v = "inside the box" + (f" ({'; '.join(better)})" if better else " (on point estimates; no significant gain)")
+            else:
+                v = "outside the box" + (f": {'; '.join(fails)}" if fails else " on point estimates (not significant)")
+            trade.append({"model": name, "t2t_minus_layer_lr": t.difference, "t2t_p": t.p_value,
+                          "s2t_minus_lora": s_.difference, "s2t_p": s_.p_value, "meets": meets,
+                          "significant_fail": bool(fails), "significant_gain": better, "verdict": v})
+    sec.p("The seeds' best trade-off: T2T drop at most layer_lr's (T2T at least layer_lr's) while S2T is at least "
+          "LoRA's. Paired exact McNemar tests on the same questions; a model is called better or worse only where the "
+          "test is significant at the 5% level.")
+    sec.table(["model", "T2T - layer_lr (points, p)", "S2T - LoRA (points, p)", "verdict"],
+              [[r["model"], f"{100 * r['t2t_minus_layer_lr']:+.1f} (p {r['t2t_p']:.3g})",
+                f"{100 * r['s2t_minus_lora']:+.1f} (p {r['s2t_p']:.3g})", r["verdict"]] for r in trade]
+              or [["needs layer_lr, lora and anchor / lora_importance / restore evaluations", None, None, None]])
+    results["beyond_the_seeds"] = {"comparisons": comps, "trade_off_box": box, "trade_off": trade}
+    return sec
+
+
+def _outcomes_or_none(outcomes, eval_dir: Path, task: str) -> dict[str, bool] | None:
+    try:
+        return outcomes(eval_dir, task)
+    except (ValueError, OSError):
+        return None
 
 
 def _wer(m: dict | None) -> str | None:
@@ -259,7 +342,7 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
     """Build the three reports from every finished cell; returns the results (also in results.json)."""
     from speechkeep.config import config_to_dict
     from speechkeep.evaluate.report import asr_errors, outcomes, paired, paired_wer
-    from speechkeep.evaluate.stats import degradation_reduction
+    from speechkeep.evaluate.stats import degradation_reduction, retention_ci
     from speechkeep.io import atomic_path, write_json
     from speechkeep.recipes.reproduce import LORA_RANKS, Ledger
 
@@ -311,21 +394,31 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
     labels = {n: variants[n].label for n in variants}
     for n in names:
         table2[n] = metrics[n]
+    noft_t2t = _outcomes_or_none(outcomes, ev / "noft", "t2t") if noft and "t2t" in noft else None
+    retention: dict[str, list] = {}
     for key, m in table2.items():
         t2t, s2t = (m.get("t2t") or {}).get("accuracy"), (m.get("s2t") or {}).get("accuracy")
         ppl = m.get("ppl") or {}
         summ = summaries.get(key, {})
-        rows.append([labels.get(key, key), _acc(m.get("t2t")), _acc(m.get("s2t")),
-                     _pct(t2t / base_acc) if t2t is not None and base_acc else None,
+        ret = _pct(t2t / base_acc) if t2t is not None and base_acc else None
+        x_t2t = _outcomes_or_none(outcomes, ev / key, "t2t") if key in names and noft_t2t else None
+        if x_t2t and set(noft_t2t) <= set(x_t2t):
+            ids = sorted(noft_t2t)
+            r = retention_ci([noft_t2t[i] for i in ids], [x_t2t[i] for i in ids])
+            if r:
+                retention[key] = list(r)
+                ret = f"{_pct(r[0])} [{_pct(r[1])}, {_pct(r[2])}]"
+        rows.append([labels.get(key, key), _acc(m.get("t2t")), _acc(m.get("s2t")), ret,
                      _pct(t2t - s2t) if t2t is not None and s2t is not None else None, _wer(m.get("asr")),
                      " / ".join(f"{ppl[k]:.2f}" for k in ("text", "speech") if ppl.get(k) is not None) or None,
                      summ.get("steps"), f"{summ['trainable_params']:,}" if summ.get("trainable_params") else None])
     sections.append(Section("Table 2: text and speech ability per strategy").table(
-        ["model", "T2T acc % [95% CI]", "S2T acc % [95% CI]", "T2T retention %", "modality gap (points)",
+        ["model", "T2T acc % [95% CI]", "S2T acc % [95% CI]", "T2T retention % [95% CI]", "modality gap (points)",
          "ASR WER % [95% CI]", "perplexity text / speech", "steps", "trainable params"], rows).p(
-        "Retention: T2T accuracy / No-FT's T2T accuracy. Modality gap: T2T - S2T. ASR: the LLM's own transcript of the "
+        "Retention: T2T accuracy / No-FT's T2T accuracy (interval: paired bootstrap over the same questions). Modality gap: T2T - S2T. ASR: the LLM's own transcript of the "
         "spoken question (Whisper-normalized); the cascade's row is Whisper's. Perplexity of the held-out teacher answers."))
     results["table2"] = rows
+    results["retention"] = retention
 
     # --- paired tests
     comps: list[dict] = []
@@ -393,7 +486,10 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
             m, summ = metrics[n], summaries.get(n, {})
             t2t = (m.get("t2t") or {}).get("accuracy")
             vs8 = next((c for c in comps if c["a"] == n and c["b"] == "lora" and c["task"] == "S2T"), None)
-            lora_rows.append([r, _acc(m.get("t2t")), _acc(m.get("s2t")), _pct(t2t / base_acc) if t2t is not None and base_acc else None,
+            ret = retention.get(n)
+            lora_rows.append([r, _acc(m.get("t2t")), _acc(m.get("s2t")),
+                              f"{_pct(ret[0])} [{_pct(ret[1])}, {_pct(ret[2])}]" if ret
+                              else _pct(t2t / base_acc) if t2t is not None and base_acc else None,
                               _wer(m.get("asr")), f"{summ['trainable_params']:,}" if summ.get("trainable_params") else None])
     if "lora" in metrics:
         for n in ("lora_r16", "lora_r24"):
@@ -405,7 +501,7 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
                                       "describe": c.describe()})
                     except (ValueError, OSError):
                         pass
-    s3 = Section("Table 3: LoRA rank").table(["rank", "T2T acc % [95% CI]", "S2T acc % [95% CI]", "T2T retention %",
+    s3 = Section("Table 3: LoRA rank").table(["rank", "T2T acc % [95% CI]", "S2T acc % [95% CI]", "T2T retention % [95% CI]",
                                               "ASR WER % [95% CI]", "trainable params"], lora_rows)
     s3.items([f"{c['a']} vs {c['b']} {c['task']}: {c['describe']}" for c in comps if c["b"] == "lora" and c["a"] in LORA_RANKS]
              or ["paired tests against r=8 need the r=8 run and another rank"])
@@ -511,6 +607,9 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
     results["restoration"] = curves_r
     sections.append(fr)
 
+    # --- beyond the seeds: anchor, importance-guided LoRA and restoration against the seeds' best trade-off
+    sections.append(_beyond_section(results, metrics, labels, ev, out, curves_r, outcomes, paired))
+
     # --- Pareto
     fp = Section("Pareto: T2T retention against S2T accuracy")
     pareto_rows = {labels.get(k, k): v for k, v in table2.items() if k != "No-FT (text LLM as is)"}
@@ -554,8 +653,12 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
         rec = ledger.cells.get(c.name, {})
         state = "skipped" if rec.get("skipped") else "done" if c.done() else "not run"
         secs = rec.get("seconds", ledger.times.get(c.time_key))
-        rows.append([c.name, state, None if secs is None else f"{secs:.0f}", rec.get("finished"), rec.get("command")
-                     or (rec.get("skipped") if state == "skipped" else None)])
+        cmd = rec.get("command") or (rec.get("skipped") if state == "skipped" else None)
+        if rec.get("found"):
+            cmd = (f"made before speechkeep reproduce recorded it (its settings: the files of "
+                   f"{os.path.relpath(c.directory, out)}/); "
+                   f"this config's command: {rec.get('command_now')}")
+        rows.append([c.name, state, None if secs is None else f"{secs:.0f}", rec.get("finished"), cmd])
     sp.table(["cell", "state", "wall s", "finished (UTC)", "command"], rows)
     provs = {json.dumps({k: rec.get(k) for k in ("versions", "machine", "speechkeep_commit")}, sort_keys=True)
              for rec in ledger.cells.values() if rec.get("versions")}
