@@ -243,7 +243,7 @@ def test_dropping_the_blocks_saves_the_base_llm(tiny_speech_llm_factory, tone, t
         torch.testing.assert_close(again.logits(again.prepare([q])), base.logits(base.prepare([q])), rtol=0, atol=0)
 
 
-def test_upscale_strategy_trains_only_new_blocks(tiny_llm_dir, tiny_whisper_dir, tmp_path, capsys):
+def test_upscale_strategy_trains_only_new_blocks(tiny_llm_dir, tiny_whisper_dir, tmp_path, capsys, caplog):
     from speechkeep.strategies import get_strategy
     from speechkeep.train.config import TrainConfig
     from speechkeep.config import load_config
@@ -259,8 +259,25 @@ def test_upscale_strategy_trains_only_new_blocks(tiny_llm_dir, tiny_whisper_dir,
     trainable = {n for n, p in m.llm.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("model.layers.2.", "model.layers.3.")) for n in trainable)
     assert sum(p.numel() for p in groups[1]["params"]) == sum(p.numel() for n, p in m.llm.named_parameters() if n in trainable)
-    assert "LoRA r=8 would train" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    from speechkeep.strategies.upscale import lora_params
+
+    assert f"LoRA r=8 would train {lora_params(m.llm, 8):,}, r=16 {lora_params(m.llm, 16):,})" in printed
+    assert "2 new ebranchformer blocks at [2, 3] of 4" in printed
     assert m.transforms[0]["settings"]["after"] == [1, 1]
+
+    # starting from that up-scaled model with other upscale.* settings: its own blocks are trained, and the
+    # ignored settings are named
+    cfg2 = load_config(TrainConfig, None, [f"model.llm={tiny_llm_dir}", f"model.speech_encoder={tiny_whisper_dir}",
+                                           f"output_dir={tmp_path}", "strategy=upscale", "upscale.block=transformer",
+                                           "upscale.placement=top", "upscale.count=2"])
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="speechkeep.strategies.upscale"):
+        groups = get_strategy("upscale", cfg2).setup(m)
+    assert layer_origin(m.llm) == [0, 1, None, None] and len(m.transforms) == 1
+    assert "2 new ebranchformer blocks" in capsys.readouterr().out
+    assert "block: the model's ebranchformer, asked transformer" in caplog.text
 
 
 def test_importance_of_an_upscaled_model_maps_layers_to_their_original_index(tiny_speech_llm_factory, tmp_path):
@@ -380,3 +397,54 @@ def test_cache_crop_rewinds_transformer_blocks_and_refuses_convolutions(block):
         assert cache.get_seq_length() == 7
         step = llm(ids[:, 7:8], cache=cache, use_cache=True).logits
         torch.testing.assert_close(step, llm(ids[:, :8]).logits[:, -1:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("block", ["transformer", "ebranchformer"])
+def test_real_smollm2_upscale_trains_saves_and_reloads(block, whisper_encoder, piper_question, tmp_path):
+    """Both block types train on the bundled SmolLM2 + Whisper tiny.en (2 steps on a real spoken question): only the
+    new blocks (and the adaptor) change, the run's saved model reloads to the same logits, and dropping the blocks
+    gives back the base LLM's."""
+    from test_train import Row
+
+    from speechkeep.config import load_config
+    from speechkeep.models.persistence import load_speech_llm
+    from speechkeep.models.speech_llm import SpeechLLM, SpeechLLMConfig
+    from speechkeep.models.upscaling import drop_upscale_model
+    from speechkeep.models.llm import load_llm
+    from speechkeep.train.config import TrainConfig
+    from speechkeep.train.loop import train
+
+    text, audio = piper_question
+    feats = whisper_encoder.encode([audio])[0]
+    rows = [Row(f"q{i}", text, "The capital of France is Paris.", f"q{i}.wav", 2.0) for i in range(2)]
+    cfg = load_config(TrainConfig, None, [
+        "model.llm=bundled:smollm2-135m", "model.speech_encoder=bundled:whisper-tiny.en", "init_from=none",
+        f"output_dir={tmp_path / 'run'}", "strategy=upscale", f"upscale.block={block}", "upscale.count=2",
+        "upscale.lr=1e-3", "optim.warmup_steps=0", "data.batch_size=2", "max_steps=2", "save_every=2", "seed=0",
+        "data.tasks={qa: 1}"])
+    res = train(cfg, rows=rows, features=lambda paths: [feats for _ in paths], progress=False)
+    assert res.steps == 2 and torch.isfinite(torch.tensor(res.summary["final_loss"]))
+    base = load_llm("bundled:smollm2-135m").model.state_dict()
+    origin = layer_origin(res.model.llm)
+    assert origin.count(None) == 2 and len(origin) == 32
+    layers = res.model.llm.get_decoder().layers
+    for i, o in enumerate(origin):  # original blocks untouched, new ones trained away from identity
+        sd = layers[i].state_dict()
+        if o is None:
+            assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in sd.items() if k.endswith(("o_proj.weight", "down_proj.weight", "merge_proj.weight")))
+        else:
+            assert all(torch.equal(v, base[f"model.layers.{o}.{k}"]) for k, v in sd.items())
+
+    q = [Query(text=text, response="Paris."), Query(speech_features=feats, response="Paris.")]
+    again, _ = load_speech_llm(str(tmp_path / "run"))
+    with torch.no_grad():
+        trained = res.model.eval().response_logits(res.model.prepare(q)).logits
+        torch.testing.assert_close(again.eval().response_logits(again.prepare(q)).logits, trained)
+        drop_upscale_model(again)
+        assert layer_origin(again.llm) is None
+        dropped = again.response_logits(again.prepare(q[:1])).logits
+        base_model = load_llm("bundled:smollm2-135m")
+        base_sl = SpeechLLM.from_parts(base_model.model, base_model.tokenizer, whisper_encoder, SpeechLLMConfig()).eval()
+        torch.testing.assert_close(dropped, base_sl.response_logits(base_sl.prepare(q[:1])).logits)
+        assert not torch.allclose(trained[: dropped.shape[0]], dropped)  # training changed the text path

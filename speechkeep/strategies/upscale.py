@@ -14,6 +14,7 @@ base LLM's outputs exactly (text retention 100% by construction).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,8 @@ from speechkeep.models.upscaling import (
 )
 from speechkeep.strategies.base import Strategy, register
 from speechkeep.strategies.lora import ALL_PROJECTIONS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,14 +103,22 @@ class Upscale(Strategy):
             settings = self.transform_settings(n)
             model.apply_transform("upscale", settings)
         else:  # init_from an up-scaled model: train its blocks
+            settings = next((t["settings"] for t in reversed(model.transforms) if t["name"] == "upscale"), {})
+            asked = self.transform_settings(sum(o is not None for o in layer_origin(model.llm)))
+            differ = {k: (settings.get(k), v) for k, v in asked.items() if k in settings and settings[k] != v}
             print("upscale: the model is already up-scaled; training its new blocks")
+            if differ:
+                log.warning("upscale: init_from is already up-scaled (%s); these upscale.* settings are ignored: %s",
+                            ", ".join(f"{k}={settings[k]}" for k in ("block", "after", "speech_only") if k in settings),
+                            "; ".join(f"{k}: the model's {a}, asked {b}" for k, (a, b) in differ.items()))
+        block = settings.get("block", self.settings.block)
         origin = layer_origin(model.llm)
         layers = model.llm.get_decoder().layers
         new = [p for i, o in enumerate(origin) if o is None for p in layers[i].parameters()]
         for p in new:
             p.requires_grad_(True)
         n_new = sum(p.numel() for p in new)
-        print(f"upscale: {origin.count(None)} new {self.settings.block} blocks at {[i for i, o in enumerate(origin) if o is None]} "
+        print(f"upscale: {origin.count(None)} new {block} blocks at {[i for i, o in enumerate(origin) if o is None]} "
               f"of {len(origin)}: {n_new:,} trainable LLM parameters (LoRA r=8 would train {lora_params(model.llm, 8):,}, "
               f"r=16 {lora_params(model.llm, 16):,})")
         lr = self.settings.lr if self.settings.lr is not None else self.config.optim.lr

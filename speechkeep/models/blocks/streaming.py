@@ -88,8 +88,9 @@ def past_length(state: dict | None) -> int:
 
 
 def speech_mask(batch: int, past: int, length: int, device) -> torch.Tensor | None:
-    """(batch, length) bool: which of positions [past, past + length) are speech; None when no speech
-    mask is set (every position counts as speech: the block acts everywhere)."""
+    """(batch, length) bool: which of positions [past, past + length) are speech; None when no speech mask is
+    set (no speech in the batch: a speech-only block then passes every position through unchanged, see
+    :mod:`speechkeep.models.upscaling`)."""
     m = _SPEECH.get()
     if m is None:
         return None
