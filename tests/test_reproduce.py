@@ -151,6 +151,19 @@ def test_finished_cells_are_skipped_and_an_incomplete_one_is_redone(reproduced, 
     assert [n for n in after if after[n]["finished"] != before[n]["finished"]] == ["eval/lora"]
     assert (out / "runs" / "lora" / "summary.json").stat().st_mtime_ns == summary_mtime
     assert re.findall(r"\] (\S+): running", log) == ["eval/lora"]
+    assert re.search(r"eval/lora: running \(est\. [0-9.]+ (s|min|h);", log)  # the mean of the finished evaluations
+
+    # a training cell killed after its last checkpoint (no summary.json yet): the cell runs again and its training
+    # resumes from the checkpoint instead of starting over
+    finished = json.loads((out / "runs" / "lora" / "summary.json").read_text())
+    (out / "runs" / "lora" / "summary.json").unlink()
+    capsys.readouterr()
+    assert main(["reproduce", str(tiny_config), f"out={out}"]) == 0
+    log = capsys.readouterr().out
+    assert re.findall(r"\] (\S+): running", log) == ["train/lora"]
+    assert f"resumed from {out / 'runs' / 'lora' / 'checkpoint'} at step 2" in log
+    again = json.loads((out / "runs" / "lora" / "summary.json").read_text())
+    assert again["steps"] == finished["steps"] == 2 and again["final_loss"] == pytest.approx(finished["final_loss"])
 
 
 def test_a_comparison_directory_without_records_is_taken_up_as_it_is(reproduced, tiny_config, tmp_path, capsys):

@@ -166,3 +166,26 @@ def test_restore_sweep_takes_p0_from_an_existing_evaluation(setup, tmp_path, ton
     with pytest.raises(UsageError, match="evaluated"):
         run_restore(RestoreConfig(run=str(root / "ft"), importance=str(root / "imp"), out=str(tmp_path / "s2"),
                                   sweep=[100], data=str(tmp_path / "other.jsonl"), finetuned_eval=str(tmp_path / "ev")))
+
+
+def test_restore_a_layer_lr_run_directory(setup, tiny_llm_dir, tiny_whisper_dir, tmp_path):
+    """A real `layer_lr` run (2 steps of the engine): restoring 100% gives the pre-trained LLM back, 0% the run's."""
+    from test_train import Row
+
+    from speechkeep.config import load_config
+    from speechkeep.train.config import TrainConfig
+    from speechkeep.train.loop import train
+
+    root, scores, pre = setup
+    rows = [Row(f"r{i}", q, a, "", 0.0) for i, (q, a) in enumerate(QA)]
+    cfg = load_config(TrainConfig, None, [
+        f"model.llm={tiny_llm_dir}", f"model.speech_encoder={tiny_whisper_dir}", "init_from=none",
+        f"output_dir={tmp_path / 'run'}", "strategy=layer_lr", f"layer_lr.importance={root / 'imp'}", "optim.lr=1e-2",
+        "optim.warmup_steps=0", "data.batch_size=2", "max_steps=2", "save_every=2", "data.tasks={t2t: 1}"])
+    res = train(cfg, rows=rows, progress=False)
+    trained = {n: p.detach().clone() for n, p in res.model.llm.named_parameters()}
+    assert any(not torch.equal(trained[n], pre[n]) for n in pre)
+    run_restore(RestoreConfig(run=str(tmp_path / "run"), importance=str(root / "imp"), fraction=100, out=str(tmp_path / "r100")))
+    assert all(torch.equal(p, pre[n]) for n, p in _llm_params(tmp_path / "r100").items())
+    run_restore(RestoreConfig(run=str(tmp_path / "run"), importance=str(root / "imp"), fraction=0, out=str(tmp_path / "r0")))
+    assert all(torch.equal(p, trained[n]) for n, p in _llm_params(tmp_path / "r0").items())

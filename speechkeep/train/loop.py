@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -366,12 +367,13 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
     # Each process takes every world_size-th micro-batch.
     rank, world = acc.process_index, acc.num_processes
 
-    step, elapsed_before, saved_optimizer = 0, 0.0, None
+    step, elapsed_before, saved_optimizer, resumed_loss = 0, 0.0, None, None
     if cfg.resume and ckpt_dir.exists():
         progress_rec = load_checkpoint(ckpt_dir, model, None if sharded else optimizer, scheduler)
         saved_optimizer = progress_rec.pop("optimizer", None)
         step = progress_rec["step"]
         elapsed_before = float(progress_rec.get("train_seconds", 0.0))
+        resumed_loss = progress_rec.get("last_loss")  # the final loss of a run resumed at its last step
         stream.load_state(progress_rec["data"])
         acc.print(f"resumed from {ckpt_dir} at step {step}")
     if acc.is_main_process:
@@ -431,7 +433,7 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
 
         loss_fn = strategy.loss
         t0 = time.perf_counter()
-        tokens, last_loss, window = 0, float("nan"), []
+        tokens, last_loss, window = 0, float("nan") if resumed_loss is None else float(resumed_loss), []
         win_tasks: dict[str, list[float]] = {}  # task -> [summed CE, tokens] over the log window
         win_terms: dict[str, list[float]] = {}  # term -> [sum of per-step values, steps]
         bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train[{strategy.name}]",
@@ -525,7 +527,8 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
                 acc.wait_for_everyone()
                 if main or sharded:  # sharded: every process takes part in gathering, the main one writes
                     save_checkpoint(ckpt_dir, raw, optimizer, scheduler, step, stream.state(),
-                                    {"train_seconds": round(elapsed_before + time.perf_counter() - t0, 3)}, write=main)
+                                    {"train_seconds": round(elapsed_before + time.perf_counter() - t0, 3),
+                                     "last_loss": last_loss if math.isfinite(last_loss) else None}, write=main)
                 last_saved = step
             if stopped_early:
                 acc.print(f"stopping after {cfg.max_minutes} minutes at step {step}")
@@ -550,7 +553,7 @@ def _train(cfg: TrainConfig, out: Path, per_task: dict,
             last_eval = strategy.evaluate(raw)
         strategy.export(raw)
         raw.save_pretrained(out / "model")
-        result = {"steps": step, "final_loss": last_loss, "seconds": round(seconds, 1),
+        result = {"steps": step, "final_loss": last_loss if math.isfinite(last_loss) else None, "seconds": round(seconds, 1),
                   "train_seconds": round(elapsed_before + seconds, 1), "trainable_params": n_trainable,
                   "tokens_per_second": round(tokens / max(seconds, 1e-9), 1), "strategy": strategy.name,
                   "stopped_early": stopped_early, **{f"eval_{k}": v for k, v in last_eval.items()},
