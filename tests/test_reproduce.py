@@ -118,7 +118,12 @@ def test_every_cell_runs_and_the_report_covers_them(reproduced, tiny_config):
         assert {(label[a], label[b], "T2T"), (label[a], label[b], "S2T")} <= pairs
     restored = [f"{label['full']}, top {p:g}% restored" for p in (0.5, 1, 3, 10)]
     assert all((r, label["full"], "S2T") in pairs for r in restored)
-    assert {t["model"] for t in beyond["trade_off"]} == {label["anchor"], label["lora_importance"], *restored}
+    # the control rankings at 1%: restored like the method, and the method tested against each
+    controls = [f"{label['full']}, top 1% restored ({c} ranking)" for c in ("random", "change")]
+    for c, name in zip(("random", "change"), controls):
+        assert [p["fraction_percent"] for p in res["restoration"][f"full:{c}"]] == [0, 1]
+        assert {(restored[1], name, "T2T"), (restored[1], name, "S2T"), (name, label["full"], "T2T")} <= pairs
+    assert {t["model"] for t in beyond["trade_off"]} == {label["anchor"], label["lora_importance"], *restored, *controls}
     for t in beyond["trade_off"]:
         assert t["meets"] == (t["t2t_minus_layer_lr"] >= 0 and t["s2t_minus_lora"] >= 0)
         assert t["verdict"].startswith("inside" if t["meets"] else "outside")

@@ -189,3 +189,37 @@ def test_restore_a_layer_lr_run_directory(setup, tiny_llm_dir, tiny_whisper_dir,
     assert all(torch.equal(p, pre[n]) for n, p in _llm_params(tmp_path / "r100").items())
     run_restore(RestoreConfig(run=str(tmp_path / "run"), importance=str(root / "imp"), fraction=0, out=str(tmp_path / "r0")))
     assert all(torch.equal(p, trained[n]) for n, p in _llm_params(tmp_path / "r0").items())
+
+
+def test_control_rankings_random_and_change(setup, tmp_path):
+    """The controls of the method: a seeded random ranking and the largest-change ranking restore the same number of
+    entries as the importance ranking, but others; each selects what it says, and p = 100% is exact for all."""
+    from speechkeep.importance.restore import ranking_scores
+
+    root, scores, pre = setup
+    ft = _llm_params(root / "ft")
+    rnd = ranking_scores("random", scores, pre, ft, seed=1)
+    assert set(rnd) == {n for n in scores if not n.startswith("adaptor.")}
+    assert all(torch.equal(a, b) for a, b in zip(rnd.values(), ranking_scores("random", scores, pre, ft, seed=1).values()))
+    chg = ranking_scores("change", scores, pre, ft)
+    for n, c in chg.items():
+        torch.testing.assert_close(c, (ft[n] - pre[n]).abs())
+    sel = {}
+    for ranking in ("importance", "random", "change"):
+        info = run_restore(RestoreConfig(run=str(root / "ft"), importance=str(root / "imp"), fraction=10,
+                                         ranking=ranking, seed=1, out=str(tmp_path / ranking)))
+        assert info["ranking"] == ranking and info["restored"] >= int(0.1 * info["scored"])
+        got = _llm_params(tmp_path / ranking)
+        sel[ranking] = {n: ~torch.isclose(got[n], ft[n], rtol=0, atol=0) | (ft[n] == pre[n]) for n in chg}
+        # every restored entry is back at its pre-trained value; the rest keep the fine-tuned one
+        for n in chg:
+            assert torch.equal(got[n][sel[ranking][n]], pre[n][sel[ranking][n]])
+    assert any(not torch.equal(sel["random"][n], sel["importance"][n]) for n in chg)
+    # change: the restored entries moved at least as far as any entry left fine-tuned
+    moved_back = torch.cat([chg[n][sel["change"][n] & (ft[n] != pre[n])] for n in chg])
+    kept = torch.cat([chg[n][~sel["change"][n]] for n in chg])
+    assert moved_back.min() >= kept.max()
+    full = run_restore(RestoreConfig(run=str(root / "ft"), importance=str(root / "imp"), fraction=100, ranking="change",
+                                     out=str(tmp_path / "all")))
+    assert full["restored"] == full["scored"]
+    assert all(torch.equal(p, pre[n]) for n, p in _llm_params(tmp_path / "all").items())

@@ -253,7 +253,7 @@ def add_importance_parsers(sub) -> None:
                                    "values (alpha=1) or part of the way (theta = alpha*pre + (1-alpha)*ft), with no "
                                    "retraining. Writes a loadable SpeechLLM; sweep=[0.5,1,3,10] with data=... evaluates "
                                    "a series and writes the curve of T2T recovered vs S2T lost. Resumable.")
-    add_config_arguments(p, RestoreConfig, ["run", "importance", "fraction", "alpha", "out", "sweep", "data", "limit"])
+    add_config_arguments(p, RestoreConfig, ["run", "importance", "fraction", "alpha", "ranking", "out", "sweep", "data", "limit"])
     p.set_defaults(func=cmd_restore)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -52,6 +53,12 @@ class RestoreConfig(Checked):
     """Evaluate only the first N items of the sweep's data."""
     max_new_tokens: int = ranged(48, ge=1)
     """Answer length limit of the sweep's evaluation."""
+    ranking: Literal["importance", "random", "change"] = "importance"
+    """What ranks the parameters: importance (the pre-trained LLM's textual importance, the method), or one of two
+    controls over the same scored tensors: random (a seeded uniform draw) or change (|theta_ft - theta_pre|: the weights
+    fine-tuning moved most)."""
+    seed: int = ranged(0, ge=0)
+    """Seed of ranking=random."""
     finetuned_eval: str = ""
     """An existing `speechkeep eval` output of the fine-tuned model on the same data (its directory): the sweep's
     p = 0 point is read from it instead of being evaluated again."""
@@ -99,6 +106,24 @@ def restore_weights(llm: torch.nn.Module, pretrained: dict[str, torch.Tensor], s
     return {"restored": restored, "scored": sum(s.numel() for s in scored.values()), "tensors": len(masks)}
 
 
+def ranking_scores(ranking: str, scores: dict[str, torch.Tensor], pretrained: dict[str, torch.Tensor],
+                   finetuned: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """The scores that rank the LLM's parameters for restoration, over the tensors the importance run scored:
+    ``importance`` (those scores), ``random`` (seeded uniform) or ``change`` (|theta_ft - theta_pre|)."""
+    scored = {n: s for n, s in scores.items() if not n.startswith("adaptor.")}
+    if ranking == "importance":
+        return scored
+    if ranking == "random":
+        g = torch.Generator().manual_seed(seed)
+        return {n: torch.rand(s.shape, generator=g) for n, s in sorted(scored.items())}
+    if ranking == "change":
+        missing = [n for n in scored if n not in pretrained or n not in finetuned]
+        if missing:
+            raise SpeechkeepError(f"ranking=change: {missing[0]} is not in both the fine-tuned and the pre-trained LLM")
+        return {n: (finetuned[n].float() - pretrained[n].float()).abs() for n in scored}
+    raise UsageError(f"ranking: unknown {ranking!r} (importance, random or change)")
+
+
 def prepare_for_restore(model) -> None:
     """Merge LoRA into the weights (restoration acts on the LLM's own parameters); refuse up-scaled LLMs."""
     names = [t["name"] for t in model.transforms]
@@ -143,13 +168,14 @@ def run_restore(cfg: RestoreConfig) -> dict:
     prepare_for_restore(model)
     pre = pretrained_state(model)
     finetuned = {n: p.detach().clone() for n, p in model.llm.named_parameters()}
+    scores = ranking_scores(cfg.ranking, scores, pre, finetuned, cfg.seed)
     out = Path(cfg.out)
     with guard:
         if not cfg.sweep:
             counts = restore_weights(model.llm, pre, scores, cfg.fraction, cfg.alpha)
             model.save_pretrained(out)
-            info = {"run": cfg.run, "importance": cfg.importance, "fraction_percent": cfg.fraction, "alpha": cfg.alpha,
-                    **counts}
+            info = {"run": cfg.run, "importance": cfg.importance, "ranking": cfg.ranking, "fraction_percent": cfg.fraction,
+                    "alpha": cfg.alpha, **counts}
             write_json(out / "restore.json", info)
             print(f"restored {counts['restored']:,} of {counts['scored']:,} LLM parameters ({cfg.fraction:g}%, "
                   f"alpha {cfg.alpha:g}) -> {out}")
@@ -177,7 +203,7 @@ def run_restore(cfg: RestoreConfig) -> dict:
             counts = restore_weights(model.llm, pre, scores, p, cfg.alpha)
             model.save_pretrained(dest / "model")
             metrics = _evaluate_point(cfg, dest)
-            point = {"fraction_percent": p, "alpha": cfg.alpha, **counts, **_point_metrics(metrics)}
+            point = {"fraction_percent": p, "alpha": cfg.alpha, "ranking": cfg.ranking, **counts, **_point_metrics(metrics)}
             write_json(dest / "point.json", point)
             curve.append(point)
             print(f"restore sweep p={p:g}%: " + ", ".join(f"{t} {100 * point[t]:.1f}%" for t in ("t2t", "s2t") if t in point))

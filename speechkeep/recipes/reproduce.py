@@ -198,6 +198,12 @@ class ReproduceConfig(Checked):
     """Strategy cells whose fine-tuned model gets an importance-guided restoration sweep (`speechkeep restore`: the top p% textually important LLM weights put back to the base LLM's, by the importance of importance/base; full and layer_lr runs, LoRA through its merged weights)."""
     restore_sweep: list[float] = ranged(default_factory=lambda: [0.5, 1.0, 3.0, 10.0], gt=0, le=100)
     """The percentages p of the restoration sweep; each restored model is evaluated on T2T and S2T (p = 0 is the cell's own evaluation)."""
+    restore_controls: list[Literal["random", "change"]] = field(default_factory=lambda: ["random", "change"])
+    """Control rankings of the restoration, each at restore_control_percent (cells restore_<control>/<cell>): random (a
+    seeded uniform draw) and change (the weights fine-tuning moved most). They tell whether the importance ranking is
+    what helps, or restoring any p% would."""
+    restore_control_percent: float = ranged(1.0, gt=0, le=100)
+    """The p of the control restorations."""
     heatmap_layer: int | None = ranged(None, ge=0)
     """Second layer of the heatmaps (besides layer 0); None: the LLM's last layer."""
     heatmap_matrices: list[str] | None = None
@@ -413,6 +419,15 @@ def plan_cells(cfg: ReproduceConfig, init: str | None) -> list[Cell]:
                 _run_importance_command, lambda d=d: (d / "curve.json").is_file(),
                 needs=(f"train/{name}", f"eval/{name}", "importance/base"), kind="restore",
                 skip_reason=lambda strategy=variant.strategy: _restore_skip(strategy)))
+            for control in cfg.restore_controls:
+                d = out / f"restore_{control}" / name
+                cells.append(Cell(f"restore_{control}/{name}", d, lambda d=d, run_dir=run_dir, name=name, control=control: [
+                    "speechkeep", "restore", f"run={run_dir}", f"importance={imp_base}", f"ranking={control}",
+                    f"sweep=[{cfg.restore_control_percent:g}]", f"data={eval_manifest}", "tasks=[t2t, s2t]",
+                    f"max_new_tokens={cfg.eval_max_new_tokens}", f"finetuned_eval={out / 'eval' / name}", f"out={d}"],
+                    _run_importance_command, lambda d=d: (d / "curve.json").is_file(),
+                    needs=(f"train/{name}", f"eval/{name}", "importance/base"), kind="restore_control",
+                    skip_reason=lambda strategy=variant.strategy: _restore_skip(strategy)))
     from speechkeep.strategies import STRATEGIES
 
     unknown = [n for n in cfg.restore_cells if n not in VARIANTS and n not in STRATEGIES and n not in cfg.extra_cells]

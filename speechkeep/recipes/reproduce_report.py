@@ -132,6 +132,9 @@ def _point(c: dict, task: str) -> dict:
     return {"accuracy": c.get(task), "ci95": c.get(f"{task}_ci95")}
 
 
+CONTROL_WHAT = {"random": "a seeded random draw", "change": "the weights fine-tuning moved most"}
+"""The control rankings of the restoration (``speechkeep restore ranking=...``)."""
+
 BEYOND_PAIRS = (("anchor", "full"), ("anchor", "layer_lr"), ("lora_importance", "lora"))
 """Issue 19's matched comparisons: each method beyond the seeds against the seed strategy it builds on."""
 
@@ -161,15 +164,20 @@ def _beyond_section(results: dict, metrics: dict, labels: dict, ev: Path, out: P
         if a in metrics and b in metrics:
             for task in ("t2t", "s2t"):
                 test(labels.get(a, a), ev / a, labels.get(b, b), ev / b, task)
-    for n, curve in curves_r.items():
+    for key, curve in curves_r.items():
+        n, _, control = key.partition(":")
         for c in curve:
             p = c["fraction_percent"]
-            d = out / "restore" / n / f"p{p:g}" / "eval"
+            d = out / (f"restore_{control}" if control else "restore") / n / f"p{p:g}" / "eval"
             if p > 0 and (d / "predictions.jsonl").is_file():
-                name = f"{labels.get(n, n)}, top {p:g}% restored"
+                name = f"{labels.get(n, n)}, top {p:g}% restored" + (f" ({control} ranking)" if control else "")
                 cand[name] = d
                 for task in ("t2t", "s2t"):
                     test(name, d, labels.get(n, n), ev / n, task)
+                if control:  # the importance ranking at the same p against the control
+                    imp = out / "restore" / n / f"p{p:g}" / "eval"
+                    for task in ("t2t", "s2t"):
+                        test(f"{labels.get(n, n)}, top {p:g}% restored", imp, name, d, task)
     sec.table(["A", "B", "task", "A - B (points)", "95% CI", "A only / B only", "p", "verdict"],
               [[c["a"], c["b"], c["task"], f"{100 * c['difference']:+.1f}",
                 f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}", f"{c['only_a']} / {c['only_b']}",
@@ -600,6 +608,20 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
             if c["fraction_percent"] > 0 and "t2t" in c and "s2t" in c:
                 restored_rows[f"{labels.get(n, n)}, top {c['fraction_percent']:g}% restored"] = {
                     "t2t": _point(c, "t2t"), "s2t": _point(c, "s2t")}
+        controls = []
+        for control in getattr(cfg, "restore_controls", []):
+            cc = _read_json(out / f"restore_{control}" / n / "curve.json")
+            for c in (cc or {}).get("curve", []):
+                if c["fraction_percent"] > 0:
+                    controls.append([f"{control} ({CONTROL_WHAT[control]})", f"{c['fraction_percent']:g}",
+                                     _acc(_point(c, "t2t")), _acc(_point(c, "s2t")), _pct(c.get("t2t_recovered")),
+                                     _pct(c.get("s2t_lost"))])
+                    curves_r.setdefault(f"{n}:{control}", cc["curve"])
+        if controls:
+            fr.p(f"Controls: the same number of weights restored by another ranking (is it the importance that helps?). "
+                 f"Paired tests against the importance ranking at the same p are in the next section.")
+            fr.table(["ranking", "p %", "T2T acc % [95% CI]", "S2T acc % [95% CI]", "T2T recovered (points)",
+                      "S2T lost (points)"], controls)
     if not curves_r:
         fr.p(_absent(cfg, "restore/<strategy>"))
     else:
