@@ -299,3 +299,13 @@ def test_the_browser_check_catches_broken_images_and_errors(tmp_path):
     assert [i["width"] for i in res["images"]] == [0, 0]
     assert any("boom" in e for e in res["errors"]) and any("missing.png" in e for e in res["errors"])
     assert res["console"]
+
+
+def test_step_time_is_the_median_so_a_pause_does_not_count():
+    from speechkeep.recipes.reproduce_report import median_step_seconds
+
+    steps = list(range(0, 110, 10))
+    elapsed = [2.5 * s for s in steps]
+    elapsed[6:] = [e + 1200 for e in elapsed[6:]]  # paused 20 minutes between steps 50 and 60
+    assert median_step_seconds({"step": steps, "elapsed_s": elapsed}) == pytest.approx(2.5)
+    assert median_step_seconds({"step": [1], "elapsed_s": [3.0]}) is None

@@ -263,7 +263,7 @@ def training_curve(run_dir: Path) -> dict[str, list[float]]:
     p = run_dir / "metrics.csv"
     if not p.is_file():
         return {}
-    steps, loss = [], []
+    steps, loss, elapsed = [], [], []
     with open(p, newline="") as f:
         for row in csv.DictReader(f):
             try:
@@ -272,7 +272,22 @@ def training_curve(run_dir: Path) -> dict[str, list[float]]:
                 continue
             steps.append(s)
             loss.append(v)
-    return {"step": steps, "loss": loss}
+            try:
+                elapsed.append(float(row.get("elapsed_s") or "nan"))
+            except ValueError:
+                elapsed.append(float("nan"))
+    return {"step": steps, "loss": loss, "elapsed_s": elapsed}
+
+
+def median_step_seconds(curve: dict) -> float | None:
+    """The median seconds per optimizer step between consecutive metrics.csv rows: unlike wall time / steps, a run
+    that was paused or stopped and resumed keeps its true step time."""
+    import statistics
+
+    st, el = curve.get("step", []), curve.get("elapsed_s", [])
+    rates = [(e1 - e0) / (s1 - s0) for s0, s1, e0, e1 in zip(st, st[1:], el, el[1:])
+             if s1 > s0 and math.isfinite(e0) and math.isfinite(e1) and e1 > e0]
+    return statistics.median(rates) if rates else None
 
 
 # ---------------------------------------------------------------------------------------- figures
@@ -659,11 +674,15 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
     if curves:
         plot_curves(curves, figs / "training_curves.png")
         fc.fig(figs / "training_curves.png", "Training loss (the strategy's total loss) per logged step")
-        fc.table(["strategy", "steps", "final loss", "train seconds", "s / step", "tokens / s"],
+        step_s = {n: median_step_seconds(c) for n, c in curves.items()}
+        fc.table(["strategy", "steps", "final loss", "train seconds (wall)", "s / step (median)", "tokens / s"],
                  [[n, s_.get("steps"), f"{s_['final_loss']:.4f}" if s_.get("final_loss") is not None else None,
                    f"{s_.get('train_seconds', s_.get('seconds', 0)):.0f}",
-                   f"{s_.get('train_seconds', s_.get('seconds', 0)) / max(1, s_.get('steps', 1)):.2f}",
+                   f"{step_s[n]:.2f}" if step_s.get(n) else None,
                    s_.get("tokens_per_second")] for n, s_ in summaries.items()])
+        fc.p("s / step: the median over consecutive metrics.csv rows (a paused or resumed run keeps its step time); "
+             "train seconds: wall time of the training, pauses included.")
+        results["step_seconds"] = step_s
     else:
         fc.p("no training run has logged a step yet")
     sections.append(fc)
