@@ -146,7 +146,7 @@ def _beyond_section(results: dict, metrics: dict, labels: dict, ev: Path, out: P
     S2T is at least LoRA's."""
     sec = Section("Beyond the seeds: anchoring, importance-guided LoRA and restoration")
     cand: dict[str, Path] = {labels.get(n, n): ev / n for n in ("anchor", "lora_importance") if n in metrics}
-    pair_rows, comps = [], []
+    comps: list[dict] = []
 
     def test(a_label, a_dir, b_label, b_dir, task):
         a, b = _outcomes_or_none(outcomes, a_dir, task), _outcomes_or_none(outcomes, b_dir, task)
@@ -178,10 +178,7 @@ def _beyond_section(results: dict, metrics: dict, labels: dict, ev: Path, out: P
                     imp = out / "restore" / n / f"p{p:g}" / "eval"
                     for task in ("t2t", "s2t"):
                         test(f"{labels.get(n, n)}, top {p:g}% restored", imp, name, d, task)
-    sec.table(["A", "B", "task", "A - B (points)", "95% CI", "A only / B only", "p", "verdict"],
-              [[c["a"], c["b"], c["task"], f"{100 * c['difference']:+.1f}",
-                f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}", f"{c['only_a']} / {c['only_b']}",
-                f"{c['p_value']:.3g}", c["verdict"]] for c in comps] or [["(no pair evaluated yet)"] + [None] * 7])
+    sec.table(COMPARISON_HEADER, _comparison_rows(comps) or [["(no pair evaluated yet)"] + [None] * 7])
 
     trade, box = [], None
     if "layer_lr" in metrics and "lora" in metrics and cand:
@@ -213,6 +210,17 @@ def _beyond_section(results: dict, metrics: dict, labels: dict, ev: Path, out: P
               or [["needs layer_lr, lora and anchor / lora_importance / restore evaluations", None, None, None]])
     results["beyond_the_seeds"] = {"comparisons": comps, "trade_off_box": box, "trade_off": trade}
     return sec
+
+
+COMPARISON_HEADER = ["A", "B", "task", "A - B (points)", "95% CI", "A only / B only", "p", "verdict"]
+
+
+def _comparison_rows(comps: list[dict]) -> list[list]:
+    """Table rows of paired comparisons (accuracy: McNemar; WER: paired bootstrap, no discordant counts)."""
+    return [[c["a"], c["b"], c["task"], f"{100 * c['difference']:+.1f}",
+             f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}",
+             f"{c['only_a']} / {c['only_b']}" if "only_a" in c else None,
+             f"{c['p_value']:.3g}" if c.get("p_value") is not None else "bootstrap", c["verdict"]] for c in comps]
 
 
 def _outcomes_or_none(outcomes, eval_dir: Path, task: str) -> dict[str, bool] | None:
@@ -478,9 +486,7 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
                     pass
     results["comparisons"] = comps
     sections.append(Section(f"Paired significance: every strategy against No-FT, the cascade and {' and '.join(others) or ref}").table(
-        ["A", "B", "task", "A - B (points)", "95% CI", "A only / B only", "p", "verdict"],
-        [[c["a"], c["b"], c["task"], f"{100 * c['difference']:+.1f}", f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}",
-          f"{c['only_a']} / {c['only_b']}" if "only_a" in c else None, f"{c['p_value']:.3g}" if c.get("p_value") is not None else "bootstrap", c["verdict"]] for c in comps]))
+        COMPARISON_HEADER, _comparison_rows(comps)))
 
     # --- degradation reduction (seed 003)
     red = {}
@@ -633,8 +639,8 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
                                      _pct(c.get("s2t_lost"))])
                     curves_r.setdefault(f"{n}:{control}", cc["curve"])
         if controls:
-            fr.p(f"Controls: the same number of weights restored by another ranking (is it the importance that helps?). "
-                 f"Paired tests against the importance ranking at the same p are in the next section.")
+            fr.p("Controls: the same number of weights restored by another ranking (is it the importance that helps?). "
+                 "Paired tests against the importance ranking at the same p are in the next section.")
             fr.table(["ranking", "p %", "T2T acc % [95% CI]", "S2T acc % [95% CI]", "T2T recovered (points)",
                       "S2T lost (points)"], controls)
     if not curves_r:
