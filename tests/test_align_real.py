@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from speechkeep.models.bundled import CHECKPOINTS_DIR, aligned_front_end, front_end_dir, shipped_front_ends
 

@@ -63,6 +63,22 @@ def test_plain_llm_spec_is_text_only(tiny_llm_dir, spoken_set, tmp_path):
     assert "t2t" in m and "s2t" not in m and "s2t" in m["skipped"]
 
 
+def test_cascade_transcribes_with_the_whisper_it_is_given(tiny_speech_llm_factory, spoken_set, tmp_path):
+    """The cascade's first stage is the real Whisper tiny.en named by cascade_whisper, not the model's own encoder
+    (here a tiny random Whisper that could not transcribe at all)."""
+    from speechkeep.metrics import corpus_wer
+
+    tiny_speech_llm_factory().save_pretrained(tmp_path / "model")
+    m = evaluate(EvalConfig(model=str(tmp_path / "model"), data=str(spoken_set), out=str(tmp_path / "e"),
+                            tasks=["cascade"], max_new_tokens=3, cascade_whisper="bundled:whisper-tiny.en"))
+    assert m["cascade"]["whisper"] == "bundled:whisper-tiny.en" and m["cascade"]["n"] == 3
+    preds = [json.loads(l) for l in (tmp_path / "e" / "predictions.jsonl").read_text().splitlines()]
+    transcripts = [p["transcript"] for p in preds if p["task"] == "cascade"]
+    assert "hamlet" in transcripts[1].lower()
+    wer = corpus_wer([p["question"] for p in preds], transcripts)
+    assert m["cascade"]["asr_wer"] == pytest.approx(wer) and wer < 0.5
+
+
 def test_retention_drop():
     cur = {"t2t": {"accuracy": 0.15}, "s2t": {"accuracy": 0.05}}
     base = {"model": "base", "t2t": {"accuracy": 0.20}}

@@ -1,7 +1,6 @@
 """Importance on the real SmolLM2-135M: the deactivation test has the seed's shape (Table 1)."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -28,18 +28,23 @@ def _questions(path: Path, split: str, n: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory, tiny_llm_dir, tiny_whisper_dir) -> Path:
+def tiny_config(tmp_path_factory, tiny_llm_dir, tiny_whisper_dir, tiny_speech_llm_factory) -> Path:
+    from speechkeep.models.adaptor import AdaptorConfig
+
     d = tmp_path_factory.mktemp("reproduce_cfg")
     cfg = d / "tiny.yaml"
+    # every strategy starts from a saved front-end (the aligned row); the cascade transcribes with the real Whisper
+    # tiny.en (the tiny random Whisper has no tokenizer)
+    front_end = tiny_speech_llm_factory(adaptor=AdaptorConfig(hidden_size=32)).save_pretrained(d / "front_end")
     cfg.write_text("\n".join([
-        f"llm: {tiny_llm_dir}", f"speech_encoder: {tiny_whisper_dir}",
+        f"llm: {tiny_llm_dir}", f"speech_encoder: {tiny_whisper_dir}", f"init_from: {front_end}",
+        "cascade_whisper: bundled:whisper-tiny.en", "noft_tasks: [t2t, cascade, ppl]",
         f"train_questions: {_questions(d / 'train.jsonl', 'trainmodel', 6)}", "n_train: 4",
         f"eval_questions: {_questions(d / 'eval.jsonl', 'devtest', 6)}", "eval_limit: 4",
         "teacher: false", f"train_voices: [{TRAIN_VOICE}]", f"eval_voice: {EVAL_VOICE}",
-        "eval_max_new_tokens: 4", "noft_tasks: [t2t, ppl]", "steps: 2", "batch_size: 2", "save_every: 1",
+        "eval_max_new_tokens: 4", "steps: 2", "batch_size: 2", "save_every: 1",
         "importance_fraction: 1.0", "importance_batch_size: 4", "deactivate_limit: 4",
-        "heatmap_matrices: [model.layers.1.self_attn.q_proj.weight]",
-        "train_extra: [model.adaptor.hidden_size=32]", ""]))
+        "heatmap_matrices: [model.layers.1.self_attn.q_proj.weight]", ""]))
     return cfg
 
 
@@ -52,10 +57,10 @@ def reproduced(tmp_path_factory, tiny_config):
 
 def _cells(tiny_config, out, *extra):
     from speechkeep.config import load_config
-    from speechkeep.recipes.reproduce import ReproduceConfig, plan_cells
+    from speechkeep.recipes.reproduce import ReproduceConfig, plan_cells, resolve_start
 
     cfg = load_config(ReproduceConfig, str(tiny_config), [f"out={out}", *extra])
-    return cfg, plan_cells(cfg, None)
+    return cfg, plan_cells(cfg, resolve_start(cfg))
 
 
 def test_every_cell_runs_and_the_report_covers_them(reproduced, tiny_config):
@@ -86,7 +91,17 @@ def test_every_cell_runs_and_the_report_covers_them(reproduced, tiny_config):
 
     res = json.loads((out / "results.json").read_text())
     names = list(cfg.variants())
-    assert len(res["table2"]) == 1 + len(names)  # No-FT + every strategy (no cascade, no aligned front-end here)
+    # No-FT, the cascade (the real Whisper tiny.en on espeak speech), the front-end every strategy starts from, and
+    # every strategy; each strategy's S2T against the cascade's on the same questions; both rows on the Pareto plot
+    cascade = "cascade (Whisper tiny.en transcript -> text LLM)"
+    assert [r[0] for r in res["table2"]][:3] == ["No-FT (text LLM as is)", cascade, "aligned front-end, before any strategy"]
+    assert len(res["table2"]) == 3 + len(names)
+    noft = res["evaluations"]["noft"]
+    assert noft["cascade"]["whisper"] == "bundled:whisper-tiny.en" and noft["cascade"]["asr_wer"] < 0.5
+    assert "s2t" in res["evaluations"]["aligned"] and "asr" in res["evaluations"]["aligned"]
+    for n in names:
+        assert any(c["a"] == n and c["b"].startswith("cascade") and c["task"] == "S2T" for c in res["comparisons"]), n
+    assert {cascade, "aligned front-end, before any strategy"} <= {p["name"] for p in res["pareto"]}
     assert [r[0] for r in res["table3"]] == [8, 16, 24]
     assert set(res["table1"]) >= {"base", "top", "bottom", "random"}
     assert set(res["importance_shift"]["shift"]) == set(names)
@@ -188,7 +203,8 @@ def test_a_comparison_directory_without_records_is_taken_up_as_it_is(reproduced,
     log = capsys.readouterr().out
     assert ": running" not in log and "train/lora: done" in log and "eval/full: done" in log
     record = json.loads((legacy / "cells.json").read_text())
-    assert set(record) == {"data/train", "data/eval", "eval/noft", "train/full", "eval/full", "train/lora", "eval/lora"}
+    assert set(record) == {"data/train", "data/eval", "eval/noft", "eval/aligned", "train/full", "eval/full", "train/lora",
+                           "eval/lora"}
     # the command that made a found cell is unknown: recorded as such, with the command this config would give now
     assert all(r["found"] and r["finished"] is None and r["command"] is None and r["command_now"].startswith("speechkeep ")
                for r in record.values())

@@ -1,6 +1,5 @@
 """SpeechLLM on tiny random models: splicing, labels, the text-only invariant, generation, save/load."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -15,7 +15,6 @@ audio and features are reused.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from collections import Counter

@@ -207,7 +207,6 @@ def format_report(report: dict) -> str:
 
 def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | Path) -> Path:
     """The aligned SpeechLLM as shipped: fp16 adaptor weights, config and CARD.md (atomic)."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     from speechkeep.io import atomic_path

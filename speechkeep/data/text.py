@@ -28,7 +28,6 @@ contains a question of WebQuestions ``devtest`` or ``heldout`` (checked after cl
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shlex

@@ -57,6 +57,8 @@ class EvalConfig(Checked):
     """For a CTC-aligned adaptor: override what the LLM reads per emitted token ('soft' posterior-weighted embeddings or 'hard' best-token embeddings); None keeps the model's."""
     asr_max_new_tokens: int = ranged(64, ge=1)
     """Transcript length limit (asr task and the cascade's Whisper)."""
+    cascade_whisper: str | None = None
+    """The cascade's Whisper (bundled:whisper-tiny.en, a Hugging Face id or a directory with the decoder and tokenizer); None: the model's speech encoder (for a plain LLM spec: bundled:whisper-tiny.en)."""
     overwrite: bool = False
     """Write into an out directory that is not empty and not a previous `speechkeep eval` output."""
 
@@ -302,6 +304,10 @@ def model_fingerprint(model: SpeechLLM) -> str:
                   tensor_fingerprint(state[n] for n in names))
 
 
+def _cascade_whisper(cfg: EvalConfig, model) -> str:
+    return cfg.cascade_whisper or model.config.speech_encoder
+
+
 def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audio: bool, baseline: dict | None,
               procs: Processes | None = None) -> dict:
     procs = procs or Processes()
@@ -313,7 +319,7 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
         model.adaptor.config.ctc_emit = cfg.ctc_emit
     # What every output depends on besides the queries: a resumed run reuses only batches computed with it.
     fp = digest(model_fingerprint(model), cfg.max_new_tokens, cfg.asr_max_new_tokens, cfg.asr_instruction,
-                cfg.ctc_emit, model.config.speech_encoder if "cascade" in tasks else "")
+                cfg.ctc_emit, _cascade_whisper(cfg, model) if "cascade" in tasks else "")
     progress = EvalProgress(cfg.out, fp, procs)
     skipped = {}
     for t in list(tasks):
@@ -376,7 +382,7 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
         from speechkeep.io import file_sha256
 
         wav_keys = [digest(it.id, file_sha256(it.audio)) for it in items]
-        transcripts = transcribe_whisper(model.config.speech_encoder, [it.audio for it in items], cfg.batch_size,
+        transcripts = transcribe_whisper(_cascade_whisper(cfg, model), [it.audio for it in items], cfg.batch_size,
                                          cfg.asr_max_new_tokens, progress, wav_keys)
         from speechkeep.metrics import corpus_wer
 
@@ -385,6 +391,7 @@ def _evaluate(cfg: EvalConfig, tasks: list[str], items: list[EvalItem], has_audi
         metrics["cascade"] = record("cascade", ans, transcripts)
         metrics["cascade"]["asr_wer"] = corpus_wer([it.text for it in items], transcripts)
         metrics["cascade"]["asr_wer_ci95"] = _wer_ci([it.text for it in items], transcripts)
+        metrics["cascade"]["whisper"] = _cascade_whisper(cfg, model)
         timed("cascade")
     if "asr" in tasks:
         from speechkeep.metrics import corpus_wer

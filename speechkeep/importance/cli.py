@@ -6,7 +6,6 @@ its ``--help`` is generated from it, and its flags are aliases of those keys (``
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from speechkeep.errors import DataError, SpeechkeepError, UsageError
 from speechkeep.importance.summary import MODULE_TYPES, summarize

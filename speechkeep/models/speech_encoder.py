@@ -186,6 +186,13 @@ def load_speech_encoder(spec: str, device: str | torch.device = "cpu", dtype: to
     return WhisperSpeechEncoder(encoder, fe, spec=spec, source_dir=where).to(device)
 
 
+def whisper_label(spec: str | None) -> str:
+    """How reports name a Whisper: 'Whisper tiny.en' for bundled:whisper-tiny.en, 'Whisper' when unknown, else the spec."""
+    if not spec:
+        return "Whisper"
+    return "Whisper " + spec.removeprefix("bundled:whisper-") if spec.startswith("bundled:whisper-") else spec
+
+
 def load_whisper_asr(spec: str, device: str | torch.device = "cpu"):
     """The whole Whisper model (encoder + decoder) with its processor, for transcription (cascade, WER)."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor

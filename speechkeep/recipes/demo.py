@@ -154,7 +154,7 @@ def _run_demo(cfg: DemoConfig) -> dict:
 
     t = stage("3/5 No-FT (text LLM as is) and the cascade (Whisper ASR -> text LLM)")
     noft = evaluate(EvalConfig(model=cfg.llm, data=eval_data, out=str(out / "eval" / "noft"), tasks=["t2t", "cascade", "ppl"],
-                               max_new_tokens=cfg.eval_max_new_tokens))
+                               max_new_tokens=cfg.eval_max_new_tokens, cascade_whisper=cfg.speech_encoder))
     print(format_metrics(noft))
     timings["eval_noft_cascade"] = time.perf_counter() - t
 
@@ -200,8 +200,10 @@ def _run_demo(cfg: DemoConfig) -> dict:
     timings["total"] = time.perf_counter() - t_start
 
     comparisons = demo_comparisons(out, cfg.strategy, with_aligned=aligned is not None)
+    from speechkeep.models.speech_encoder import whisper_label
+
     table = markdown_table([("No-FT (text LLM as is)", {"t2t": noft["t2t"]}),
-                            ("cascade (Whisper tiny.en transcript -> text LLM)", {"s2t": noft["cascade"]}),
+                            (f"cascade ({whisper_label(cfg.speech_encoder)} transcript -> text LLM)", {"s2t": noft["cascade"]}),
                             *([("aligned front-end (CTC, LLM frozen: T2T = No-FT), before the strategy", {"t2t": noft["t2t"], **aligned})] if aligned else []),
                             (f"{cfg.strategy}, {res.steps} steps" + (" from the aligned front-end" if init else " from scratch"),
                              trained)], base=noft)

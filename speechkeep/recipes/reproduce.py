@@ -128,7 +128,9 @@ class ReproduceConfig(Checked):
     llm: str = "bundled:smollm2-135m"
     """Text LLM spec (No-FT, the teacher of the training targets, and the base of every strategy)."""
     speech_encoder: str = "bundled:whisper-tiny.en"
-    """Speech encoder spec (features, the aligned front-end, the cascade's Whisper for a bundled LLM)."""
+    """Speech encoder spec (features, the aligned front-end, and the cascade's Whisper unless cascade_whisper names another)."""
+    cascade_whisper: str | None = None
+    """The cascade row's Whisper (its decoder transcribes, the text LLM answers); None: speech_encoder."""
     init_from: str = "auto"
     """Where every strategy starts: 'auto' = the shipped aligned front-end for llm + speech_encoder when there is one (else a fresh adaptor), 'none' = a fresh adaptor, or a saved SpeechLLM."""
     train_questions: str = "webquestions:trainmodel"
@@ -317,6 +319,16 @@ def run_transforms(run_dir: Path) -> list[str]:
         return []
 
 
+def resolve_start(cfg: ReproduceConfig) -> str | None:
+    """The front-end every strategy starts from (``init_from`` resolved as ``speechkeep train`` does), or None."""
+    from speechkeep.config import load_config
+    from speechkeep.train.config import TrainConfig
+    from speechkeep.train.loop import resolve_init
+
+    return resolve_init(load_config(TrainConfig, None, [f"model.llm={cfg.llm}", f"model.speech_encoder={cfg.speech_encoder}",
+                                                        f"init_from={cfg.init_from}"]))
+
+
 def plan_cells(cfg: ReproduceConfig, init: str | None) -> list[Cell]:
     """Every cell of the comparison in run order (shared cells first, then per strategy: train, eval,
     importance, heatmap)."""
@@ -355,8 +367,9 @@ def plan_cells(cfg: ReproduceConfig, init: str | None) -> list[Cell]:
         return Cell(f"eval/{name}", d, lambda: [
             "speechkeep", "eval", f"model={model}", f"data={eval_manifest}", f"out={d}", f"tasks=[{', '.join(tasks)}]",
             f"max_new_tokens={cfg.eval_max_new_tokens}", f"batch_size={cfg.eval_batch_size}",
-            *([f"baseline={out / 'eval' / 'noft' / 'metrics.json'}"] if baseline else []), "overwrite=true"],
-            run_eval, lambda: _eval_done(d), needs=needs, kind=kind)
+            *([f"baseline={out / 'eval' / 'noft' / 'metrics.json'}"] if baseline else []),
+            *([f"cascade_whisper={cfg.cascade_whisper or cfg.speech_encoder}"] if "cascade" in tasks else []),
+            "overwrite=true"], run_eval, lambda: _eval_done(d), needs=needs, kind=kind)
 
     cells.append(eval_cell("noft", cfg.llm, list(cfg.noft_tasks), data_cells, baseline=False, kind="eval_noft"))
     speech_tasks = [t for t in eval_tasks if t in ("s2t", "asr")]
@@ -643,12 +656,9 @@ def check_config(cfg: ReproduceConfig) -> None:
 
 def run_reproduce(cfg: ReproduceConfig) -> dict:
     """The comparison (see the module docstring); returns the results written to results.json."""
-    from speechkeep.config import load_config
     from speechkeep.io import OutputDir, has_files
     from speechkeep.models.llm import resolve_llm_dir
     from speechkeep.models.speech_encoder import resolve_encoder_dir
-    from speechkeep.train.config import TrainConfig
-    from speechkeep.train.loop import resolve_init
 
     check_config(cfg)
     out = Path(cfg.out)
@@ -660,8 +670,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     guard.check()
     resolve_llm_dir(cfg.llm)
     resolve_encoder_dir(cfg.speech_encoder)
-    init = resolve_init(load_config(TrainConfig, None, [f"model.llm={cfg.llm}", f"model.speech_encoder={cfg.speech_encoder}",
-                                                        f"init_from={cfg.init_from}"]))
+    init = resolve_start(cfg)
     cells = plan_cells(cfg, init)
     todo = select_cells(cells, cfg.only)
     if cfg.dry_run:

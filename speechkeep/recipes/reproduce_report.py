@@ -417,8 +417,10 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
     if noft:
         table2["No-FT (text LLM as is)"] = {"t2t": noft.get("t2t"), "ppl": noft.get("ppl")}
         if "cascade" in noft:
+            from speechkeep.models.speech_encoder import whisper_label
+
             c = noft["cascade"]
-            table2["cascade (Whisper transcript -> text LLM)"] = {
+            table2[f"cascade ({whisper_label(c.get('whisper'))} transcript -> text LLM)"] = {
                 "s2t": c, "asr": {"wer": c.get("asr_wer"), "ci95": c.get("asr_wer_ci95")}}
         if "aligned" in metrics:
             table2["aligned front-end, before any strategy"] = {"t2t": noft.get("t2t"), **metrics["aligned"]}
@@ -514,7 +516,6 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
         if n in metrics:
             m, summ = metrics[n], summaries.get(n, {})
             t2t = (m.get("t2t") or {}).get("accuracy")
-            vs8 = next((c for c in comps if c["a"] == n and c["b"] == "lora" and c["task"] == "S2T"), None)
             ret = retention.get(n)
             lora_rows.append([r, _acc(m.get("t2t")), _acc(m.get("s2t")),
                               f"{_pct(ret[0])} [{_pct(ret[1])}, {_pct(ret[2])}]" if ret

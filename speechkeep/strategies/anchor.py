@@ -30,7 +30,7 @@ import torch
 
 from speechkeep.config import Checked, ranged
 from speechkeep.errors import SpeechkeepError
-from speechkeep.strategies.base import STRATEGIES, LossTerms, Strategy, register
+from speechkeep.strategies.base import STRATEGIES, Strategy, register
 
 
 @dataclass

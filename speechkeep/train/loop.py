@@ -172,8 +172,6 @@ def _check_before_start(cfg: TrainConfig, out: Path) -> None:
         raise ConfigError(f"{ckpt} exists: pass resume=true to continue it, or choose another output_dir")
     prev = out / "train_config.json"
     if cfg.resume and ckpt.exists() and prev.is_file():
-        import json
-
         try:
             before = json.loads(prev.read_text(encoding="utf-8"))
         except (ValueError, OSError):
