@@ -142,6 +142,16 @@ def test_every_cell_runs_and_the_report_covers_them(reproduced, tiny_config):
     for t in beyond["trade_off"]:
         assert t["meets"] == (t["t2t_minus_layer_lr"] >= 0 and t["s2t_minus_lora"] >= 0)
         assert t["verdict"].startswith("inside" if t["meets"] else "outside")
+    # every seed claim is checked (all cells ran here) with a verdict that follows its test
+    from speechkeep.recipes.seed_claims import SEED_CLAIMS
+
+    claims = {r["claim"]: r for r in res["seed_claims"]}
+    assert {c.text for c in SEED_CLAIMS} <= set(claims)
+    assert sum(r["seed"] == "003" for r in res["seed_claims"]) == 4 * sum(n.startswith("upscale") for n in names)
+    for r in res["seed_claims"]:
+        assert not r["verdict"].startswith("not measured"), r
+        if r["direction"] in ("higher", "lower"):
+            assert r["verdict"].startswith("not shown") == (not r["significant"]), r
     figs = set(res["figures"])
     assert {"figures/pareto.png", "figures/restore_full.png", "figures/training_curves.png", "figures/fig1_rank_clustering.png",
             "figures/fig23_layer_importance.png", "figures/fig4_parameter_change_lora.png"} <= figs
@@ -152,7 +162,8 @@ def test_every_cell_runs_and_the_report_covers_them(reproduced, tiny_config):
     assert "<link" not in html and "<script" not in html
     md = (out / "report.md").read_text()
     for title in ("Table 1", "Table 2", "Table 3", "Fig. 1", "Figs. 2/3", "Fig. 4", "Pareto", "Training curves",
-                  "Degradation reduction", "Paired significance", "Importance-guided restoration", "Beyond the seeds"):
+                  "Degradation reduction", "Paired significance", "Claims of the seed papers", "Importance-guided restoration",
+                  "Beyond the seeds"):
         assert title in md and title in html
     for f in figs:
         assert f"]({f})" in md and (out / f).is_file()

@@ -212,6 +212,38 @@ def _beyond_section(results: dict, metrics: dict, labels: dict, ev: Path, out: P
     return sec
 
 
+def _claims_section(results: dict, labels: dict, ev: Path, red: dict, outcomes, asr_errors) -> "Section":
+    """Each ordering the seed papers report, checked by a paired test on this run's cells (seed_claims.py)."""
+    from speechkeep.recipes.seed_claims import check_claims, claims_for, reduction_claims
+
+    def errors(cell):
+        try:
+            return asr_errors(ev / cell)
+        except (ValueError, OSError):
+            return None
+
+    rows = check_claims(lambda cell, task: _outcomes_or_none(outcomes, ev / cell, task), errors, claims_for(labels))
+    rows += reduction_claims({k: v.to_dict() for k, v in red.items()}, labels)
+    results["seed_claims"] = rows
+    name = {**labels, "noft": "No-FT"}
+
+    def side(x):
+        return f"{name.get(x[0], x[0])} {x[1].upper() if x[1] != 'asr' else 'ASR WER'}"
+
+    sec = Section("Claims of the seed papers, checked here")
+    sec.p("Each ordering the seed papers report, tested on this run: it holds only where the paired test (exact McNemar "
+          "on the same questions; WER: paired bootstrap; 5% level) is significant in the claimed direction, is reversed "
+          "where it is significant the other way, and is not shown otherwise. Parity claims hold unless the test finds a "
+          "difference. Seed 003's 75% bar is checked on the degradation reduction's 95% interval.")
+    sec.table(["seed", "claim", "A", "B", "A - B (points)", "95% CI", "p", "verdict"],
+              [[r["seed"], r["claim"], side(r["a"]), side(r["b"]),
+                (f"{100 * r['difference']:+.1f}" if r["direction"] != "reduction" else f"{_pct(r['difference'])}%")
+                if r.get("difference") is not None else None,
+                f"{100 * r['ci_low']:+.1f} to {100 * r['ci_high']:+.1f}" if r.get("ci_low") is not None else None,
+                f"{r['p_value']:.3g}" if r.get("p_value") is not None else None, r["verdict"]] for r in rows])
+    return sec
+
+
 COMPARISON_HEADER = ["A", "B", "task", "A - B (points)", "95% CI", "A only / B only", "p", "verdict"]
 
 
@@ -537,6 +569,9 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
              or ["paired tests against r=8 need the r=8 run and another rank"])
     sections.append(s3)
     results["table3"] = lora_rows
+
+    # --- the seeds' claims
+    sections.append(_claims_section(results, labels, ev, red, outcomes, asr_errors))
 
     # --- Table 1
     deact = _read_json(out / "deactivate" / "base" / "deactivation.json")
