@@ -147,7 +147,9 @@ def test_every_cell_runs_and_the_report_covers_them(reproduced, tiny_config):
 
     claims = {r["claim"]: r for r in res["seed_claims"]}
     assert {c.text for c in SEED_CLAIMS} <= set(claims)
-    assert sum(r["seed"] == "003" for r in res["seed_claims"]) == 4 * sum(n.startswith("upscale") for n in names)
+    # seed 003: three orderings per up-scaling cell, the 75% bar per E-Branchformer cell, E-Branchformer vs Transformer ASR
+    up = [n for n in names if n.startswith("upscale")]
+    assert sum(r["seed"] == "003" for r in res["seed_claims"]) == 3 * len(up) + sum("ebranchformer" in n for n in up) + 1
     for r in res["seed_claims"]:
         assert not r["verdict"].startswith("not measured"), r
         if r["direction"] in ("higher", "lower"):
@@ -270,6 +272,8 @@ def test_dry_run_writes_nothing(tiny_config, tmp_path, capsys):
     (["reference=lora_r16", "cells=[lora]"], "reference: 'lora_r16' is not among the cells"),
     (["eval_tasks=[t2t, s2tt]"], "eval_tasks: unknown task 's2tt'"),
     (["budget_minutes=0"], "budget_minutes must be > 0"),
+    # the cascade defaults to speech_encoder, here the tiny encoder-only Whisper: refused before any cell runs
+    (["cascade_whisper=null"], "has no tokenizer (tokenizer.json or vocab.json), so its Whisper cannot transcribe"),
 ])
 def test_bad_config_is_a_clear_error_before_any_work(tiny_config, tmp_path, capsys, overrides, message):
     out = tmp_path / "bad"

@@ -278,6 +278,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     items, has_audio = load_eval_items(cfg.data, cfg.split, cfg.limit)
     baseline = _read_baseline(cfg.baseline) if cfg.baseline else None
     check_model_spec(cfg.model)
+    if "cascade" in tasks and cfg.cascade_whisper:
+        from speechkeep.models.speech_encoder import check_whisper_asr
+
+        check_whisper_asr(cfg.cascade_whisper)
     procs = Processes()
     if procs.world > 1:  # the main process creates the directory, the others then join it
         if procs.main:

@@ -193,11 +193,22 @@ def whisper_label(spec: str | None) -> str:
     return "Whisper " + spec.removeprefix("bundled:whisper-") if spec.startswith("bundled:whisper-") else spec
 
 
+def check_whisper_asr(spec: str) -> str:
+    """Resolve ``spec`` as a Whisper that can transcribe (the cascade's); a clear error for a directory without a
+    tokenizer (an encoder-only Whisper). Hub ids are not checked (their files are not local)."""
+    where = resolve_encoder_dir(spec)
+    p = Path(where)
+    if p.is_dir() and not any((p / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+        raise ModelSpecError(f"{spec}: {p} has no tokenizer (tokenizer.json or vocab.json), so its Whisper cannot "
+                             "transcribe for the cascade; name a complete Whisper (e.g. cascade_whisper=bundled:whisper-tiny.en)")
+    return where
+
+
 def load_whisper_asr(spec: str, device: str | torch.device = "cpu"):
     """The whole Whisper model (encoder + decoder) with its processor, for transcription (cascade, WER)."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    where = resolve_encoder_dir(spec)
+    where = check_whisper_asr(spec)
     model = WhisperForConditionalGeneration.from_pretrained(where, dtype=torch.float32).to(device).eval()
     processor = WhisperProcessor.from_pretrained(where)
     return model, processor

@@ -658,7 +658,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     """The comparison (see the module docstring); returns the results written to results.json."""
     from speechkeep.io import OutputDir, has_files
     from speechkeep.models.llm import resolve_llm_dir
-    from speechkeep.models.speech_encoder import resolve_encoder_dir
+    from speechkeep.models.speech_encoder import check_whisper_asr, resolve_encoder_dir
 
     check_config(cfg)
     out = Path(cfg.out)
@@ -670,6 +670,8 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     guard.check()
     resolve_llm_dir(cfg.llm)
     resolve_encoder_dir(cfg.speech_encoder)
+    if "cascade" in cfg.noft_tasks:
+        check_whisper_asr(cfg.cascade_whisper or cfg.speech_encoder)
     init = resolve_start(cfg)
     cells = plan_cells(cfg, init)
     todo = select_cells(cells, cfg.only)
