@@ -53,6 +53,8 @@ class MeasureConfig(Checked):
     """Generation batch size."""
     whisper_max_new_tokens: int = ranged(64, ge=1)
     """Transcript length limit of Whisper (the cascade's first stage)."""
+    whisper: str | None = None
+    """The Whisper whose transcripts of the same audio the front-end's are compared with (a complete Whisper: decoder and tokenizer); None: the model's speech encoder."""
     workers: int = ranged(2, ge=1)
     """TTS worker processes."""
     overwrite: bool = False
@@ -120,7 +122,8 @@ def _measure(cfg: MeasureConfig) -> dict:
         feats = cache.get([r.audio for r in rows])
         with torch.no_grad():
             ctc = model.ctc_transcribe(feats)
-        whisper = transcribe_whisper(enc, [r.audio for r in rows], cfg.batch_size, cfg.whisper_max_new_tokens)
+        whisper = transcribe_whisper(cfg.whisper or enc, [r.audio for r in rows], cfg.batch_size,
+                                     cfg.whisper_max_new_tokens)
         r = {"n": len(rows), "ctc_wer": corpus_wer(refs, ctc), "ctc_wer_ci95": _wer_ci(refs, ctc),
              "whisper_wer": corpus_wer(refs, whisper), "whisper_wer_ci95": _wer_ci(refs, whisper)}
         cov = coverage(model.tokenizer, model.adaptor.ctc_vocab.tolist(), refs)
