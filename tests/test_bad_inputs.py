@@ -51,7 +51,8 @@ BASE = {
              "n_eval=1", "eval_voice=espeak-us-f2"],
     "reproduce": ["reproduce", "{config}", "out={out}", "llm={llm}", "speech_encoder={wh}", "train_questions={questions}",
                   "eval_questions={questions}", "n_train=1", "eval_limit=1", "teacher=false", "train_voices=[espeak-us-f2]",
-                  "eval_voice=espeak-us-m3", "steps=1", "only=[data/eval]"],  # if it ran: one small cell
+                  "eval_voice=espeak-us-m3", "steps=1", "only=[data/eval]",  # if it ran: one small cell
+                  "noft_tasks=[t2t, ppl]"],  # the tiny Whisper {wh} cannot transcribe for a cascade
     "models": ["models"],
 }
 

@@ -670,11 +670,11 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     guard.check()
     resolve_llm_dir(cfg.llm)
     resolve_encoder_dir(cfg.speech_encoder)
-    if "cascade" in cfg.noft_tasks:
-        check_whisper_asr(cfg.cascade_whisper or cfg.speech_encoder)
     init = resolve_start(cfg)
     cells = plan_cells(cfg, init)
     todo = select_cells(cells, cfg.only)
+    if "cascade" in cfg.noft_tasks:
+        check_whisper_asr(cfg.cascade_whisper or cfg.speech_encoder)
     if cfg.dry_run:
         return _dry_run(out, cells, todo)
     with guard:
