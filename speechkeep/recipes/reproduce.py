@@ -43,9 +43,13 @@ class Variant:
     label: str
     overrides: tuple[str, ...]
 
+    def setting(self, key: str, default: str | None = None) -> str | None:
+        """The value this cell's overrides give ``key`` (e.g. 'upscale.block'), else ``default``."""
+        return next((o.split("=", 1)[1] for o in self.overrides if o.startswith(key + "=")), default)
+
     @property
     def strategy(self) -> str:
-        return next(o.split("=", 1)[1] for o in self.overrides if o.startswith("strategy="))
+        return self.setting("strategy")
 
 
 VARIANTS: dict[str, Variant] = {

@@ -222,8 +222,7 @@ def _claims_section(results: dict, variants: dict, labels: dict, ev: Path, red: 
         except (ValueError, OSError):
             return None
 
-    upscale = {n: (v.label, next((o.split("=", 1)[1] for o in v.overrides if o.startswith("upscale.block=")), "transformer"))
-               for n, v in variants.items() if v.strategy == "upscale"}
+    upscale = {n: (v.label, v.setting("upscale.block", "transformer")) for n, v in variants.items() if v.strategy == "upscale"}
     rows = check_claims(lambda cell, task: _outcomes_or_none(outcomes, ev / cell, task), errors, claims_for(upscale))
     rows += reduction_claims({k: v.to_dict() for k, v in red.items()},
                              {n: label for n, (label, block) in upscale.items() if block == "ebranchformer"})
