@@ -8,7 +8,8 @@ import torch
 from speechkeep.errors import SpeechkeepError
 from speechkeep.importance.deactivate import deactivated, selection_masks
 from speechkeep.importance.distribution import compare_runs, shift_metrics
-from speechkeep.importance.heatmaps import concentration, low_rank_energy, rank_clustering_score, top_mask
+from speechkeep.importance.heatmaps import (block_means, concentration, low_rank_energy, parameter_change_report,
+                                            rank_clustering_score, top_mask)
 from speechkeep.importance.runs import save_importance
 from speechkeep.importance.summary import layer_of, module_type, summarize
 from speechkeep.importance.taylor import compute_importance
@@ -141,6 +142,23 @@ def test_rank_clustering_score_separates_structure_from_noise():
     noise = rank_clustering_score(torch.rand(100, 80, generator=g))
     assert noise["rows"] < 3.5
     assert concentration(top_mask(w), dim=1) == pytest.approx(s["rows"])
+
+
+def test_heatmaps_draw_block_means_so_every_entry_counts(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(576, 1536, generator=g).numpy() * 0.01
+    m[300, :] = 1.0  # one changed row: nearest-pixel drawing of 576 rows in ~300 pixels may drop it
+    shown = block_means(m, 128)
+    assert shown.shape == (128, 128)
+    assert float(shown.mean()) == pytest.approx(float(m.mean()), rel=0.05)  # every entry counts (576 rows: blocks of 4-5 overlap)
+    row = int(shown.max(axis=1).argmax())
+    assert row == int(300 * 128 / 576) and shown[row].min() > 10 * shown[:row - 1].max()
+    assert block_means(m[:50, :60], 128).shape == (50, 60)  # small matrices are drawn cell by cell
+
+    before = {"w": torch.rand(576, 1536, generator=g)}
+    after = {"w": before["w"] + 0.01 * torch.randn(576, 1536, generator=g)}
+    res = parameter_change_report(before, after, ["w"], tmp_path / "change.png")
+    assert res["w"]["max_abs_change"] > 0 and (tmp_path / "change.png").stat().st_size < 300_000
 
 
 def test_low_rank_energy():

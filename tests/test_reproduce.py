@@ -332,6 +332,32 @@ def test_the_browser_check_catches_broken_images_and_errors(tmp_path):
     assert res["console"]
 
 
+def test_embedded_figures_are_palette_pngs_with_the_same_picture(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from speechkeep.recipes.reproduce_report import compact_png
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.imshow(np.random.default_rng(0).random((100, 100)), cmap="magma")
+    ax.set_title("noise")
+    fig.savefig(tmp_path / "f.png", dpi=110)
+    plt.close(fig)
+    small = compact_png(tmp_path / "f.png")
+    assert len(small) < 0.6 * (tmp_path / "f.png").stat().st_size
+    (tmp_path / "s.png").write_bytes(small)
+    a = np.asarray(Image.open(tmp_path / "f.png").convert("RGB"), dtype=float)
+    b = np.asarray(Image.open(tmp_path / "s.png").convert("RGB"), dtype=float)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 2.0  # the same picture to the eye (0-255 scale)
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    with pytest.raises(Exception):
+        compact_png(tmp_path / "x.png")
+
+
 def test_step_time_is_the_median_so_a_pause_does_not_count():
     from speechkeep.recipes.reproduce_report import median_step_seconds
 

@@ -57,7 +57,23 @@ def low_rank_energy(delta: torch.Tensor, k: int = 8) -> float:
     return float(e[:k].sum() / e.sum()) if e.sum() > 0 else float("nan")
 
 
-def _plot_grid(mats: dict[str, np.ndarray], out: Path, title: str, cmap: str = "viridis") -> Path:
+def block_means(m: np.ndarray, max_cells: int = 128) -> np.ndarray:
+    """``m`` averaged over equal blocks so that neither side exceeds ``max_cells``.
+
+    A heatmap panel is about 300 pixels wide: drawing a 576 x 1536 matrix cell by cell makes the
+    renderer pick one entry per pixel (aliasing: which entries are shown is arbitrary) and a PNG of
+    noise (2 MB per figure). Block means show every entry's contribution and compress well.
+    """
+    rows, cols = m.shape
+    if rows <= max_cells and cols <= max_cells:
+        return m
+    x = torch.as_tensor(np.asarray(m, dtype=np.float32))[None, None]
+    return torch.nn.functional.adaptive_avg_pool2d(x, (min(rows, max_cells), min(cols, max_cells)))[0, 0].numpy()
+
+
+def _plot_grid(mats: dict[str, np.ndarray], out: Path, title: str, cmap: str = "viridis",
+               max_cells: int = 128) -> Path:
+    """One panel per matrix, each drawn as block means (``block_means``) on its own colour scale 0..max."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,8 +84,12 @@ def _plot_grid(mats: dict[str, np.ndarray], out: Path, title: str, cmap: str = "
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
     for ax, (name, m) in zip(axes.flat, mats.items()):
-        im = ax.imshow(m, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(name, fontsize=8)
+        shown = block_means(m, max_cells)
+        top = float(shown.max())
+        im = ax.imshow(shown, aspect="auto", cmap=cmap, vmin=0, vmax=top if top > 0 else 1, interpolation="nearest",
+                       extent=(0, m.shape[1], m.shape[0], 0))  # axes in the matrix's own row/column indices
+        pooled = "" if shown.shape == m.shape else f" ({m.shape[0]}x{m.shape[1]} in {shown.shape[0]}x{shown.shape[1]} block means)"
+        ax.set_title(name + pooled, fontsize=7)
         ax.set_xlabel("input (column)")
         ax.set_ylabel("output (row)")
         fig.colorbar(im, ax=ax, fraction=0.046)
