@@ -358,6 +358,14 @@ def test_embedded_figures_are_palette_pngs_with_the_same_picture(tmp_path):
         compact_png(tmp_path / "x.png")
 
 
+def test_table2_says_what_the_aligned_rows_asr_wer_is():
+    from speechkeep.recipes.reproduce_report import _aligned_asr_note
+
+    note = _aligned_asr_note({"wer": 3.666, "ctc_wer": 0.237, "ctc_wer_ci95": [0.22, 0.25]})
+    assert "never trained" in note and "CTC transcript has WER 23.7 [22.0, 25.0]" in note
+    assert _aligned_asr_note({"wer": 0.3}) == "" and _aligned_asr_note(None) == ""
+
+
 def test_step_time_is_the_median_so_a_pause_does_not_count():
     from speechkeep.recipes.reproduce_report import median_step_seconds
 

@@ -135,6 +135,17 @@ def render_html(title: str, sections: list[Section]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- numbers
+def _aligned_asr_note(asr: dict | None) -> str:
+    """Why the aligned front-end's ASR WER is large, and its own (CTC) transcript's WER."""
+    if not asr or asr.get("ctc_wer") is None:
+        return ""
+    ci = asr.get("ctc_wer_ci95")
+    ci_text = f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""
+    return (" The aligned front-end row's ASR WER is the LLM given the transcription instruction, which the front-end "
+            "alone was never trained to follow (it answers or rambles instead of repeating); the front-end's own CTC "
+            f"transcript has WER {_pct(asr['ctc_wer'])}{ci_text}.")
+
+
 def _pct(x: float | None, nd: int = 1) -> str | None:
     return None if x is None else f"{100 * x:.{nd}f}"
 
@@ -504,7 +515,8 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
         ["model", "T2T acc % [95% CI]", "S2T acc % [95% CI]", "T2T retention % [95% CI]", "modality gap (points)",
          "ASR WER % [95% CI]", "perplexity text / speech", "steps", "trainable params"], rows).p(
         "Retention: T2T accuracy / No-FT's T2T accuracy (interval: paired bootstrap over the same questions). Modality gap: T2T - S2T. ASR: the LLM's own transcript of the "
-        "spoken question (Whisper-normalized); the cascade's row is Whisper's. Perplexity of the held-out teacher answers."))
+        "spoken question (Whisper-normalized); the cascade's row is Whisper's. Perplexity of the held-out teacher answers."
+        + _aligned_asr_note((metrics.get("aligned") or {}).get("asr"))))
     results["table2"] = rows
     results["retention"] = retention
 
