@@ -25,7 +25,7 @@ from speechkeep.errors import SpeechkeepError
 
 @dataclass
 class DemoConfig(Checked):
-    """The demo's knobs (defaults: about 15 minutes on 2 CPU cores, see the README)."""
+    """The demo's knobs (defaults: 8-11 minutes on 2 CPU cores, see the README)."""
 
     out: str = "runs/demo"
     """Output directory (data, runs, report)."""

@@ -82,7 +82,7 @@ class TrainConfig(Checked):
     init_from: str | None = "auto"
     """Where the SpeechLLM starts: 'auto' = the shipped aligned front-end for model.llm + model.speech_encoder when there is one (bundled:smollm2-135m+whisper-tiny.en), else a fresh adaptor; 'none' = a fresh adaptor (from scratch); or a front-end spec, saved SpeechLLM or run directory."""
     strategy: str = "adaptor"
-    """Adaptation strategy: adaptor | full | lora | layer_lr, or any other registered one (see speechkeep.strategies)."""
+    """Adaptation strategy: adaptor | full | lora | layer_lr | distill | upscale | anchor | ctc_align, or any other registered one (see speechkeep.strategies)."""
     sections: dict[str, Any] = field(default_factory=dict)
     """Settings of every registered strategy, by strategy name (set as ``<strategy>.<key>``, e.g. lora.r=16)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
