@@ -126,3 +126,18 @@ def test_retention_ci_is_the_ratio_with_a_paired_interval():
     assert hi - lo < hi_y - lo_y
     assert retention_ci(base, base)[1:] == (1.0, 1.0)
     assert retention_ci([False] * 10, [True] * 10) is None
+
+
+def test_unscored_questions_are_left_out_of_paired_outcomes(tmp_path):
+    import json
+
+    from speechkeep.evaluate.report import outcomes
+
+    rows = [{"task": "t2t", "id": "a", "correct": True}, {"task": "t2t", "id": "b", "correct": False},
+            {"task": "t2t", "id": "c", "correct": None},  # no reference answers: not scored, not "wrong"
+            {"task": "s2t", "id": "a", "correct": False}]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert outcomes(tmp_path, "t2t") == {"a": True, "b": False}
+    assert outcomes(tmp_path, "s2t") == {"a": False}
+    with pytest.raises(ValueError, match="no scored predictions"):
+        outcomes(tmp_path, "asr")

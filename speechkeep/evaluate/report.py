@@ -25,7 +25,7 @@ def outcomes(eval_dir: str | Path, task: str) -> dict[str, bool]:
     with open(path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            if row.get("task") == task and "correct" in row:
+            if row.get("task") == task and row.get("correct") is not None:  # None: a question without answers, unscored
                 out[row["id"]] = bool(row["correct"])
     if not out:
         raise ValueError(f"{path}: no scored predictions for task {task!r}")

@@ -501,7 +501,9 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
         summ = summaries.get(key, {})
         ret = _pct(t2t / base_acc) if t2t is not None and base_acc else None
         x_t2t = _outcomes_or_none(outcomes, ev / key, "t2t") if key in names and noft_t2t else None
-        if x_t2t and set(noft_t2t) <= set(x_t2t):
+        if x_t2t and not set(noft_t2t) <= set(x_t2t):
+            ret = None  # not evaluated on No-FT's questions: a ratio of the two accuracies would compare other questions
+        elif x_t2t:
             ids = sorted(noft_t2t)
             r = retention_ci([noft_t2t[i] for i in ids], [x_t2t[i] for i in ids])
             if r:
