@@ -141,3 +141,17 @@ def test_unscored_questions_are_left_out_of_paired_outcomes(tmp_path):
     assert outcomes(tmp_path, "s2t") == {"a": False}
     with pytest.raises(ValueError, match="no scored predictions"):
         outcomes(tmp_path, "asr")
+
+
+def test_degradation_reduction_interval_counts_undefined_resamples_against_the_claim():
+    from speechkeep.evaluate.stats import degradation_reduction
+
+    base = [True] * 30 + [False] * 170
+    full = [True] * 27 + [False] * 173  # a 1.5-point drop: some resamples have none, where the ratio is undefined
+    x = [True] * 29 + [False] * 171
+    r = degradation_reduction(base, full, x)
+    assert 0 < r.undefined_fraction
+    assert r.ci_low is None or r.ci_low <= r.reduction  # an undefined resample is -inf for the lower end
+    assert r.ci_high is None or r.ci_high >= r.reduction
+    if r.undefined_fraction >= 0.025:
+        assert r.ci_low is None and r.ci_high is None and "-inf" in r.describe()

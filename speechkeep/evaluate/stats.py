@@ -11,6 +11,7 @@ Resampling uses a fixed seed, so the same predictions always give the same inter
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -168,7 +169,9 @@ class DegradationReduction:
     """None when full fine-tuning did not degrade (drop_full <= 0): the ratio is undefined."""
     ci_low: float | None
     ci_high: float | None
-    """Percentile interval over paired bootstrap resamples of the questions where drop_full > 0."""
+    """Percentile interval over all paired bootstrap resamples of the questions; a resample where drop_full <= 0
+    (the ratio undefined) counts as -inf for the lower end and +inf for the upper end, so the interval is never
+    narrower than the data allow (None where that end is infinite)."""
     undefined_fraction: float
     """Share of resamples where drop_full <= 0 (left out of the interval); large values mean the interval is not trustworthy."""
 
@@ -178,7 +181,9 @@ class DegradationReduction:
     def describe(self) -> str:
         if self.reduction is None:
             return f"undefined: full fine-tuning did not lower the accuracy (drop {100 * self.drop_full:+.1f} points)"
-        ci = "" if self.ci_low is None else f" (95% CI {100 * self.ci_low:.0f}% to {100 * self.ci_high:.0f}%)"
+        lo = "-inf" if self.ci_low is None else f"{100 * self.ci_low:.0f}%"
+        hi = "+inf" if self.ci_high is None else f"{100 * self.ci_high:.0f}%"
+        ci = f" (95% CI {lo} to {hi})"
         note = f"; {100 * self.undefined_fraction:.0f}% of resamples had no full-FT drop" if self.undefined_fraction > 0.01 else ""
         return (f"{100 * self.reduction:.0f}%{ci}: drop {100 * self.drop_x:.1f} vs full's {100 * self.drop_full:.1f} points{note}")
 
@@ -195,9 +200,11 @@ def degradation_reduction(base: Sequence[bool], full: Sequence[bool], x: Sequenc
     df = b[idx].mean(1) - f[idx].mean(1)
     dx = b[idx].mean(1) - xx[idx].mean(1)
     ok = df > 0
-    red = (df[ok] - dx[ok]) / df[ok]
+    red = (df - dx) / np.where(ok, df, 1.0)
     alpha = (1 - confidence) / 2
-    lo, hi = (float(np.quantile(red, alpha)), float(np.quantile(red, 1 - alpha))) if red.size else (None, None)
+    lo = float(np.quantile(np.where(ok, red, -np.inf), alpha, method="inverted_cdf"))
+    hi = float(np.quantile(np.where(ok, red, np.inf), 1 - alpha, method="inverted_cdf"))
+    lo, hi = (v if math.isfinite(v) else None for v in (lo, hi))
     point = (drop_full - drop_x) / drop_full if drop_full > 0 else None
     return DegradationReduction(n=int(b.size), drop_full=drop_full, drop_x=drop_x, reduction=point,
                                 ci_low=lo if point is not None else None, ci_high=hi if point is not None else None,

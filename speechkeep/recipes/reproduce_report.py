@@ -135,6 +135,13 @@ def render_html(title: str, sections: list[Section]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- numbers
+def _interval(lo: float | None, hi: float | None) -> str | None:
+    """'lo to hi' in points (fractions x 100); an open end (None beside a finite one) is -inf / +inf."""
+    if lo is None and hi is None:
+        return None
+    return (f"{'-inf' if lo is None else f'{100 * lo:+.1f}'} to {'+inf' if hi is None else f'{100 * hi:+.1f}'}")
+
+
 def _aligned_asr_note(asr: dict | None) -> str:
     """Why the aligned front-end's ASR WER is large, and its own (CTC) transcript's WER."""
     if not asr or asr.get("ctc_wer") is None:
@@ -273,7 +280,7 @@ def _claims_section(results: dict, variants: dict, labels: dict, ev: Path, red: 
               [[r["seed"], r["claim"], side(r["a"]), side(r["b"]),
                 (f"{100 * r['difference']:+.1f}" if r["direction"] != "reduction" else f"{_pct(r['difference'])}%")
                 if r.get("difference") is not None else None,
-                f"{100 * r['ci_low']:+.1f} to {100 * r['ci_high']:+.1f}" if r.get("ci_low") is not None else None,
+                _interval(r.get("ci_low"), r.get("ci_high")),
                 f"{r['p_value']:.3g}" if r.get("p_value") is not None else None, r["verdict"]] for r in rows])
     return sec
 

@@ -154,11 +154,11 @@ def reduction_claims(reductions: dict[str, dict], labels: dict[str, str]) -> lis
         if r is None:
             continue
         lo, hi = r.get("ci_low"), r.get("ci_high")
-        if r.get("reduction") is None or lo is None or hi is None:
+        if r.get("reduction") is None:
             v = "not measurable (full fine-tuning's T2T did not drop)"
-        elif r.get("undefined_fraction", 0) > 0.025:
-            v = (f"not measurable (full fine-tuning's drop is not significant: {100 * r['undefined_fraction']:.1f}% of "
-                 "resamples without one)")
+        elif r.get("undefined_fraction", 0) > 0.025 or lo is None:
+            v = (f"not measurable (full fine-tuning's drop is not significant: {100 * r.get('undefined_fraction', 0):.1f}% "
+                 "of resamples without one)")
         elif lo > REDUCTION_BAR:
             v = "holds"
         elif hi is not None and hi < REDUCTION_BAR:
