@@ -401,22 +401,29 @@ def pareto_points(rows: dict[str, dict], base_acc: float | None) -> list[dict]:
 
 
 def plot_pareto(pts: list[dict], out: Path, retention: bool) -> Path:
+    """Each model a numbered point with its 95% intervals; the key (number -> model) beside the axes, so that two dozen
+    long names never overlap the points or each other."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for p in pts:
+    fig = plt.figure(figsize=(12, 6))
+    ax = fig.add_axes((0.07, 0.1, 0.5, 0.8))
+    for i, p in enumerate(pts, 1):
+        colour = "C3" if p["pareto"] else "C0"
         ax.errorbar(p["x"], p["y"], xerr=[[p["x"] - p["x_ci"][0]], [p["x_ci"][1] - p["x"]]],
-                    yerr=[[p["y"] - p["y_ci"][0]], [p["y_ci"][1] - p["y"]]], fmt="o" if p["pareto"] else "s",
-                    ms=6, capsize=2, alpha=0.85, color="C3" if p["pareto"] else "C0")
-        ax.annotate(p["name"], (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                    yerr=[[p["y"] - p["y_ci"][0]], [p["y_ci"][1] - p["y"]]], fmt="none", ecolor=colour, elinewidth=0.8,
+                    capsize=2, alpha=0.35)
+        ax.plot(p["x"], p["y"], "o" if p["pareto"] else "s", ms=6, color=colour)
+        ax.annotate(str(i), (p["x"], p["y"]), textcoords="offset points", xytext=(4, 3), fontsize=8, weight="bold",
+                    color=colour)
     front = sorted((p for p in pts if p["pareto"]), key=lambda p: p["x"])
     if len(front) > 1:
         ax.plot([p["x"] for p in front], [p["y"] for p in front], "--", color="C3", lw=1, label="Pareto front")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.text(0.6, 0.9, "\n".join(f"{i:>2}  {p['name']}{'  [front]' if p['pareto'] else ''}" for i, p in enumerate(pts, 1)),
+             va="top", ha="left", fontsize=7.5, family="monospace")
     ax.set_xlabel("T2T retention % of No-FT" if retention else "T2T accuracy % (No-FT scores 0: no retention)")
     ax.set_ylabel("S2T accuracy %")
     ax.set_title("Text ability kept vs speech ability gained (95% intervals)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -744,7 +751,7 @@ def write_report(cfg, out: Path, cells: list, init: str | None) -> dict:
     results["pareto"] = pts
     if pts:
         plot_pareto(pts, figs / "pareto.png", retention=bool(base_acc))
-        fp.fig(figs / "pareto.png", "Each strategy (and the cascade and the aligned front-end); red circles: the Pareto "
+        fp.fig(figs / "pareto.png", "Each strategy (and the cascade and the aligned front-end), numbered as in the key; red circles: the Pareto "
                "front (no other model is at least as good on both axes). Error bars: 95% intervals of the S2T accuracy and of "
                "the T2T accuracy (drawn on the retention scale).")
         fp.p("On the front: " + ", ".join(p["name"] for p in pts if p["pareto"]) + ".")
