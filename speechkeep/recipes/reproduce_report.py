@@ -91,7 +91,7 @@ def compact_png(path: Path) -> bytes:
     """The PNG's bytes, re-encoded with a 256-colour palette when that is smaller (for embedding).
 
     Matplotlib writes 32-bit RGBA; a figure drawn with one colour map has far fewer colours, so the palette
-    version looks the same and is a third to a tenth of the size (a parameter-change grid: 500 KB -> 215 KB),
+    version looks the same and is 0.28-0.43 of the size (measured: a parameter-change grid 500 KB -> 215 KB),
     which keeps a report with a dozen heatmaps small enough to commit and to open.
     """
     raw = path.read_bytes()
