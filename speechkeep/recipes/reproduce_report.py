@@ -291,7 +291,7 @@ COMPARISON_HEADER = ["A", "B", "task", "A - B (points)", "95% CI", "A only / B o
 def _comparison_rows(comps: list[dict]) -> list[list]:
     """Table rows of paired comparisons (accuracy: McNemar; WER: paired bootstrap, no discordant counts)."""
     return [[c["a"], c["b"], c["task"], f"{100 * c['difference']:+.1f}",
-             f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}",
+             _interval(c["ci_low"], c["ci_high"]),
              f"{c['only_a']} / {c['only_b']}" if "only_a" in c else None,
              f"{c['p_value']:.3g}" if c.get("p_value") is not None else "bootstrap", c["verdict"]] for c in comps]
 
