@@ -110,3 +110,55 @@ def test_card_names_the_questions_and_encoder_it_was_made_of():
     assert "stacked /models/my-encoder frames" in card and "Whisper frames" not in card
     card = render_card(shipped, n_params=1000)
     assert "WebQuestions trainmodel + val" in card and "distinct\n  reference answers" in card
+
+
+def _measure_json(model: str) -> dict:
+    clean = {"n": 1205, "ctc_wer": 0.142, "ctc_wer_ci95": [0.13, 0.15], "whisper_wer": 0.101, "token_coverage": 0.998,
+             "unwritable_words": [], "s2t_accuracy": 0.105, "cascade_accuracy": 0.124, "s2t_vs_cascade": 0.105 / 0.124}
+    general = {"n": 1000, "ctc_wer": 0.31, "ctc_wer_ci95": [0.29, 0.33], "whisper_wer": 0.2, "token_coverage": 0.9976,
+               "unwritable_words": []}
+    return {"model": model, "voice": "piper-joe-high", "ctc_vocab_size": 28499,
+            "adaptor": {"arch": "transformer", "hidden_size": 512, "stack_frames": 5}, "clean": clean, "general": general,
+            "bars": {"clean_ctc_wer": {"passed": True, "bar": 0.15}, "s2t_vs_cascade": {"passed": True, "bar": 0.8},
+                     "general_ctc_wer": {"passed": False, "bar": 0.25}, "unwritable_words": {"passed": True, "bar": 0}},
+            "all_passed": False, "seconds": 1.0}
+
+
+def test_card_shows_text_sources_licenses_and_the_measurement(tmp_path):
+    """The general front-end's card names its text sources with their licenses and carries issue 16's
+    measurement; a measure.json of another model is refused."""
+    import copy
+
+    from speechkeep.align.recipe import read_measurement, render_card, text_corpus_info
+    from speechkeep.errors import UsageError
+    from speechkeep.models.bundled import CHECKPOINTS_DIR
+
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "train.jsonl").write_text('{"id": "a", "text": "hello there"}\n')
+    (text / "info.json").write_text(json.dumps({
+        "command": "speechkeep data text out=x", "train_by_source": {"wordnet": 5, "requests": 2},
+        "sources": {"wordnet": {"license": "WordNet 3.0 license"}, "requests": {"license": "the project's own"}}}))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "train.jsonl").write_text("")
+    info = text_corpus_info([str(text / "train.jsonl"), str(other / "train.jsonl")])
+    assert info[0]["train_by_source"] == {"wordnet": 5, "requests": 2} and info[1] == {"file": str(other / "train.jsonl")}
+
+    model_dir = tmp_path / "run" / "ctc" / "model"
+    model_dir.mkdir(parents=True)
+    (tmp_path / "m.json").write_text(json.dumps(_measure_json(str(model_dir))))
+    m = read_measurement(tmp_path / "m.json", model_dir)
+    with pytest.raises(UsageError, match="not this run's model"):
+        read_measurement(tmp_path / "m.json", tmp_path / "elsewhere")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(UsageError, match="not a measure.json"):
+        read_measurement(tmp_path / "bad.json", model_dir)
+
+    report = copy.deepcopy(json.loads((CHECKPOINTS_DIR / "smollm2-135m+whisper-tiny.en" / "report.json").read_text()))
+    assert "Measured on the clean pool" not in render_card(report, n_params=1000)
+    report["text_corpora"], report["measurement"] = info, m
+    card = render_card(report, n_params=1000)
+    assert "`wordnet` 5 (WordNet 3.0 license)" in card and "`requests` 2 (the project's own)" in card
+    assert "## Measured on the clean pool" in card and "| clean | 1205 | 14.2% [13.0, 15.0]" in card
+    assert "| general_ctc_wer <= 0.25 | 0.31 | NO |" in card and "All bars passed: no" in card

@@ -48,6 +48,10 @@ class AlignConfig(Checked):
     """Held-out voice of the evaluation set (never in the corpus)."""
     eval_tasks: list[str] = field(default_factory=lambda: ["t2t", "s2t", "cascade", "asr"])
     """Evaluation tasks for the aligned model (see speechkeep eval)."""
+    measurement: str | None = None
+    """measure.json of `benchmarks/measure_frontend.py` run on this run's model (ctc/model): its numbers (S2T vs the
+    cascade and the CTC WER on the 1,205 clean WebQuestions questions, the WER on the general held-out set, the bars)
+    go into report.json and the exported card."""
     export_to: str | None = None
     """Also write the shippable checkpoint (fp16 adaptor, config, CARD.md) to this directory."""
     command: str | None = None
@@ -109,6 +113,8 @@ def _check_align(cfg: AlignConfig) -> None:
     for t in cfg.corpus.texts:
         if not Path(t).is_file():
             raise UsageError(f"corpus.texts: {t}: no such text file (train.jsonl of `speechkeep data text`)")
+    if cfg.measurement and not Path(cfg.measurement).is_file():
+        raise UsageError(f"measurement: {cfg.measurement}: no such file (measure.json of benchmarks/measure_frontend.py)")
     if cfg.ctc.vocabulary and not Path(cfg.ctc.vocabulary).is_file():
         raise UsageError(f"ctc.vocabulary: {cfg.ctc.vocabulary}: no such vocabulary file (vocabulary.json of `speechkeep data text`)")
     resolve_llm_dir(cfg.ctc.model.llm)
@@ -172,6 +178,9 @@ def _run_align(cfg: AlignConfig, progress: bool = True) -> dict:
                                                       "n": metrics["n"]},
     }
     report["ctc_curve"] = wer_curve(Path(cfg.ctc.out) / "metrics.csv")
+    report["text_corpora"] = text_corpus_info(cfg.corpus.texts)
+    if cfg.measurement:
+        report["measurement"] = read_measurement(cfg.measurement, model_dir)
     write_json(Path(cfg.out) / "report.json", report)
     if cfg.export_to:
         export_checkpoint(model_dir, Path(cfg.out) / "report.json", cfg.export_to)
@@ -188,6 +197,44 @@ def wer_curve(metrics_csv: str | Path) -> list[dict]:
     with open(metrics_csv, newline="") as f:
         return [{"step": int(r["step"]), "minutes": round(float(r.get("elapsed_s") or r.get("train_seconds")) / 60, 1),
                  "eval_wer": float(r["eval_wer"])} for r in csv.DictReader(f) if r.get("eval_wer")]
+
+
+def text_corpus_info(texts: list[str]) -> list[dict]:
+    """For each general text file of the corpus, what `speechkeep data text` recorded beside it (info.json:
+    command, sources with licenses, counts, vocabulary, held-out coverage); {"file"} alone where there is none."""
+    out = []
+    for t in texts:
+        info = Path(t).parent / "info.json"
+        d = {"file": str(t)}
+        if info.is_file():
+            full = json.loads(info.read_text())
+            d.update({k: full[k] for k in ("command", "sources", "train_by_source", "train_outside_webquestions",
+                                           "heldout_texts", "vocabulary", "heldout_coverage") if k in full})
+        out.append(d)
+    return out
+
+
+def read_measurement(path: str | Path, model_dir: Path) -> dict:
+    """measure.json of benchmarks/measure_frontend.py, checked to be a measurement of ``model_dir``."""
+    from speechkeep.errors import UsageError
+
+    res = json.loads(Path(path).read_text())
+    if "clean" not in res or "bars" not in res:
+        raise UsageError(f"measurement: {path}: not a measure.json of benchmarks/measure_frontend.py (no 'clean' or 'bars')")
+    if Path(res.get("model", "")).resolve() != Path(model_dir).resolve():
+        raise UsageError(f"measurement: {path} measured model {res.get('model')!r}, not this run's model {model_dir}")
+    return res
+
+
+def _measurement_section(m: dict) -> str:
+    """The card's section of the issue-16 measurement (the table and bars of MEASURE.md)."""
+    from speechkeep.align.measure import render
+
+    body = render(m).split("\n", 2)[2]  # without MEASURE.md's title
+    return ("\n## Measured on the clean pool and general English (benchmarks/measure_frontend.py)\n\n"
+            "The 1,205 questions of WebQuestions `devtest` + `heldout` (no corpus contains them) and the general "
+            "held-out text set, both spoken by the unseen voice; S2T and the cascade on the same audio, paired.\n\n"
+            + body)
 
 
 def format_report(report: dict) -> str:
@@ -282,6 +329,12 @@ def render_card(report: dict, n_params: int) -> str:
     vocab_note = (f"the {ctc.get('ctc_vocab_size', ad['ctc_vocab_size']):,} tokens of `{Path(cfg['vocabulary']).name}` (general English + every "
                   "single-character token, so any word can be spelled)" if cfg.get("vocabulary")
                   else f"{ad['ctc_vocab_size']} LLM tokens\n  (every token in the corpus transcripts)")
+    sources_note = ""
+    for tc in report.get("text_corpora") or []:
+        if tc.get("sources"):
+            sources_note += (f"\n- General texts `{Path(tc['file']).name}` (`{tc.get('command', '')}`), by source: "
+                             + "; ".join(f"`{k}` {tc.get('train_by_source', {}).get(k, 0):,} ({v.get('license', 'license not recorded')})"
+                                         for k, v in tc["sources"].items()) + ".")
     masks = (f" SpecAugment masking on the features: {cfg['time_masks']} time masks of up to {cfg['time_mask_frames']} frames, "
              f"{cfg['feature_masks']} channel masks of up to {cfg['feature_mask_channels']} channels."
              if cfg.get("time_masks") or cfg.get("feature_masks") else "")
@@ -321,7 +374,7 @@ The adaptor of a speechkeep SpeechLLM (frozen speech encoder {enc} -> adaptor ->
 ```
 - Data: {corpus['utterances']} synthesized utterances, {corpus['hours']} h: the questions of {questions}
   (each by {corpus['config']['piper_voices_per_text']} piper and {corpus['config']['espeak_voices_per_text']} eSpeak voices){answers}; transcripts lower-cased. Voices: {voices}.
-  Held-out voice never used: {report['eval_set']['voice']}.
+  Held-out voice never used: {report['eval_set']['voice']}.{sources_note}
 - Training: CTC, {ctc['steps']} steps of batch {cfg['batch_size']}, AdamW lr {cfg['lr']} (warmup {cfg['warmup_steps']}, cosine to 10%),
   {ctc['train_minutes']:.1f} min on {report['machine']}; final CTC loss {ctc['final_loss']}.{masks}
   {ctc['dropped_infeasible']} utterances with more tokens than CTC frames were left out. The final step's weights
@@ -345,4 +398,4 @@ token embeddings, with the LLM frozen: text ability is untouched by construction
 
 The per-item predictions are in `eval_results/predictions.jsonl` of the run; `report.json` here holds
 every number above and the full configuration.
-"""
+""" + (_measurement_section(report["measurement"]) if report.get("measurement") else "")
