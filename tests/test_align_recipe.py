@@ -162,3 +162,53 @@ def test_card_shows_text_sources_licenses_and_the_measurement(tmp_path):
     assert "`wordnet` 5 (WordNet 3.0 license)" in card and "`requests` 2 (the project's own)" in card
     assert "## Measured on the clean pool" in card and "| clean | 1205 | 14.2% [13.0, 15.0]" in card
     assert "| general_ctc_wer <= 0.25 | 0.31 | NO |" in card and "All bars passed: no" in card
+
+
+def test_frontend_ablation_trains_and_measures_each_variant(tiny_align_cfg, tmp_path):
+    """benchmarks/frontend_ablation.py: each variant drops what it says, trains the same steps, is measured on the
+    same utterances with a paired difference from `full`, and a re-run reuses the finished variants."""
+    import os
+
+    from speechkeep.align.ablation import AblationConfig, render, run_ablation
+    from speechkeep.align.recipe import run_align
+    from speechkeep.data.manifest import read_manifest
+    from speechkeep.errors import OutputError, UsageError
+    from speechkeep.models.speech_llm import SpeechLLM
+
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text('{"id": "g-requests-1", "text": "please explain how rainbows form"}\n'
+                     '{"id": "g-requests-2", "text": "tell me a short story about a cat"}\n')
+    tiny_align_cfg.corpus.texts = [str(texts)]
+    tiny_align_cfg.corpus.augment.fraction = 0.5
+    tiny_align_cfg.export_to = None
+    run_align(tiny_align_cfg, progress=False)
+    measure = tmp_path / "measure"
+    measure.mkdir()
+    os.symlink(tmp_path / "align" / "eval", measure / "clean")  # the held-out spoken set as the test set
+    cfg = AblationConfig(run=str(tmp_path / "align"), measure=str(measure), out=str(tmp_path / "abl"), steps=2)
+    with pytest.raises(UsageError, match="unknown variant 'big'"):
+        run_ablation(AblationConfig(**{**vars(cfg), "variants": ["full", "big"]}), progress=False)
+    rep = run_ablation(cfg, progress=False)
+    res = rep["results"]
+    assert list(res) == ["full", "mlp", "no_augment", "no_general"]
+    rows = {v: read_manifest(tmp_path / "abl" / "manifests" / f"{v}.jsonl") for v in res}
+    assert any("/audio_aug/" in r.audio for r in rows["full"]) and any(r.id.startswith("g-") for r in rows["full"])
+    assert rows["no_augment"] and not any("/audio_aug/" in r.audio for r in rows["no_augment"])
+    assert rows["no_general"] and not any(r.id.startswith("g-") for r in rows["no_general"])
+    assert {v: r["utterances"] for v, r in res.items()} == {v: len(x) for v, x in rows.items()}
+    assert SpeechLLM.from_pretrained(tmp_path / "abl" / "mlp" / "model").adaptor.config.arch == "mlp"
+    n = res["full"]["clean"]["n"]
+    assert n == 2 and all(r["clean"]["n"] == n and 0 <= r["clean"]["wer_ci95"][0] <= r["clean"]["wer"] for r in res.values())
+    assert "vs_full" not in res["full"]["clean"] and all("vs_full" in res[v]["clean"] for v in ("mlp", "no_augment"))
+    assert json.loads((tmp_path / "abl" / "ablation.json").read_text()) == json.loads(json.dumps(rep))
+    assert "| no_general |" in render(rep)
+    stamp = (tmp_path / "abl" / "full" / "summary.json").stat().st_mtime_ns
+    again = run_ablation(cfg, progress=False)  # finished variants are measured again, not retrained
+    assert (tmp_path / "abl" / "full" / "summary.json").stat().st_mtime_ns == stamp
+    assert again["results"]["full"]["clean"]["wer"] == res["full"]["clean"]["wer"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep")
+    with pytest.raises(OutputError):
+        run_ablation(AblationConfig(**{**vars(cfg), "out": str(foreign)}), progress=False)
+    assert (foreign / "mine.txt").read_text() == "keep"
