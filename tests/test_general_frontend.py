@@ -401,7 +401,8 @@ def test_measure_frontend_reports_every_bar(tmp_path, tiny_speech_llm_factory):
                        + json.dumps({"id": "h2", "text": "she walked to the park"}) + "\n")
     res = measure_frontend(MeasureConfig(model=str(tmp_path / "fe"), general=str(general), out=str(tmp_path / "meas"),
                                          voice="espeak-us-f2", limit=2, max_new_tokens=2, workers=1,
-                                         whisper_max_new_tokens=8, whisper="bundled:whisper-tiny.en"))
+                                         whisper_max_new_tokens=8, whisper="bundled:whisper-tiny.en", ctc_emit="hard"))
+    assert res["ctc_emit"] == "hard" and "`ctc_emit=hard`" in (tmp_path / "meas" / "MEASURE.md").read_text()
     assert res["clean"]["n"] == 2 and res["general"]["n"] == 2
     assert 0 <= res["clean"]["whisper_wer"] and res["general"]["ctc_wer"] > 0
     assert res["general"]["unwritable_words"] == [] and res["bars"]["unwritable_words"]["passed"]

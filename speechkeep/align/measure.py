@@ -22,6 +22,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from speechkeep.config import Checked, ranged
 
@@ -55,6 +56,9 @@ class MeasureConfig(Checked):
     """Transcript length limit of Whisper (the cascade's first stage)."""
     whisper: str | None = None
     """The Whisper whose transcripts of the same audio the front-end's are compared with (a complete Whisper: decoder and tokenizer); None: the model's speech encoder."""
+    ctc_emit: Literal["soft", "hard"] | None = None
+    """What the LLM reads for S2T: 'soft' (posterior-weighted token embeddings), 'hard' (the greedy CTC tokens'
+    embeddings, as if it read the transcript) or None (the model's own setting)."""
     workers: int = ranged(2, ge=1)
     """TTS worker processes."""
     overwrite: bool = False
@@ -106,11 +110,14 @@ def _measure(cfg: MeasureConfig) -> dict:
 
         raise UsageError(f"model {cfg.model}: not an aligned front-end (its adaptor has no CTC output)")
     model.eval()
+    if cfg.ctc_emit is not None:
+        model.adaptor.config.ctc_emit = cfg.ctc_emit
     enc = model.config.speech_encoder
     sets = {"clean": cfg.questions}
     if cfg.general:
         sets["general"] = cfg.general
     res: dict = {"model": cfg.model, "voice": cfg.voice, "ctc_vocab_size": int(model.adaptor.ctc_vocab.numel()),
+                 "ctc_emit": model.adaptor.config.ctc_emit,
                  "adaptor": {k: getattr(model.adaptor.config, k) for k in ("arch", "hidden_size", "stack_frames")}}
     rows_out = []
     for name, src in sets.items():
@@ -170,7 +177,7 @@ def render(res: dict) -> str:
     ci = lambda c: f" [{100 * c[0]:.1f}, {100 * c[1]:.1f}]" if c else ""  # noqa: E731
     lines = [f"# Front-end measurement: `{res['model']}`", "",
              f"Unseen voice `{res['voice']}`; greedy; WER after Whisper's English normalizer; CTC vocabulary "
-             f"{res['ctc_vocab_size']:,} tokens; adaptor {res['adaptor']}.", "",
+             f"{res['ctc_vocab_size']:,} tokens; adaptor {res['adaptor']}; S2T reads `ctc_emit={res.get('ctc_emit', 'soft')}`.", "",
              "| set | n | front-end WER [95% CI] | Whisper tiny.en WER | S2T acc | cascade acc | S2T / cascade | token coverage | unwritable words |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in ("clean", "general"):
