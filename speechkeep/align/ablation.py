@@ -17,8 +17,9 @@ both by the unseen voice), with 95% bootstrap intervals and a paired bootstrap a
 
     python benchmarks/frontend_ablation.py run=runs/align_general measure=runs/measure_new out=runs/ablation steps=1000
 
-``<out>/manifests/<variant>.jsonl`` lists each variant's training utterances. Resumable: a finished variant (``<out>/<variant>/model``) is measured again, not retrained; an interrupted one
-resumes from its checkpoint. Writes ``<out>/ablation.json`` and ``<out>/ABLATION.md``.
+``<out>/manifests/<variant>.jsonl`` lists each variant's training utterances. Resumable: a finished variant (``<out>/<variant>/model`` and its ``summary.json`` at ``steps``) is measured again,
+not retrained; an interrupted one resumes from its checkpoint. A re-run into the same ``out`` must have the same run,
+recipe, corpus manifest and ``steps`` (``ablation_identity.json``), and the report keeps every finished variant. Writes ``<out>/ablation.json`` and ``<out>/ABLATION.md``.
 """
 
 from __future__ import annotations
@@ -51,13 +52,29 @@ class AblationConfig(Checked):
     """Write into an out directory that is not empty and not an earlier ablation's."""
 
 
-def variant_rows(rows: list, variant: str) -> list:
-    """The training rows of a variant: augmented copies live under ``audio_aug/``; general texts' ids start with ``g-``."""
+def variant_rows(rows: list, variant: str, corpus_dir: Path, build_info: dict) -> list:
+    """The training rows of a variant. Augmented copies are the rows whose audio lies under the corpus's
+    ``audio_aug/``; general texts' rows are those whose ids start with ``g-`` (`speechkeep data text`'s ids). The
+    number removed is checked against the corpus's ``build_info.json`` (``augmented_utterances``,
+    ``general_utterances``), so a variant can never silently equal ``full``."""
+    from speechkeep.errors import DataError
+
     if variant == "no_augment":
-        return [r for r in rows if "/audio_aug/" not in r.audio]
-    if variant == "no_general":
-        return [r for r in rows if not r.id.startswith("g-")]
-    return rows
+        aug = (corpus_dir / "audio_aug").resolve()
+        kept = [r for r in rows if not Path(r.audio).resolve().is_relative_to(aug)]
+        expected, what = build_info.get("augmented_utterances", 0), "augmented copies (augmented_utterances)"
+    elif variant == "no_general":
+        kept = [r for r in rows if not r.id.startswith("g-")]
+        expected, what = build_info.get("general_utterances", 0), "general-text utterances (general_utterances)"
+    else:
+        return rows
+    removed = len(rows) - len(kept)
+    if not expected:
+        raise DataError(f"{corpus_dir}/build_info.json: the corpus has no {what}: variant {variant!r} would equal 'full'")
+    if removed != expected:
+        raise DataError(f"variant {variant!r}: removed {removed} utterances, but {corpus_dir}/build_info.json counts "
+                        f"{expected} {what}; the general texts' ids must start with 'g-' (`speechkeep data text`)")
+    return kept
 
 
 def variant_config(base: dict, variant: str, out: Path, manifest: Path, steps: int) -> dict:
@@ -122,6 +139,16 @@ def run_ablation(cfg: AblationConfig, progress: bool = True) -> dict:
         return _run_ablation(cfg, base_path, sets, progress)
 
 
+def _identity(cfg: AblationConfig, base: dict) -> dict:
+    """What the variants in ``out`` were made from: a re-run into the same ``out`` must match it."""
+    import hashlib
+
+    manifest = Path(base["data"]["train"])
+    return {"run": str(Path(cfg.run).resolve()), "steps": cfg.steps,
+            "base_config_sha256": hashlib.sha256(json.dumps(base, sort_keys=True).encode()).hexdigest(),
+            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
+
+
 def _run_ablation(cfg: AblationConfig, base_path: Path, sets: dict[str, Path], progress: bool) -> dict:
     from speechkeep.config import config_from_dict
     from speechkeep.data.manifest import read_manifest, write_manifest
@@ -130,21 +157,39 @@ def _run_ablation(cfg: AblationConfig, base_path: Path, sets: dict[str, Path], p
     from speechkeep.train.config import TrainConfig
     from speechkeep.train.loop import train
 
+    from speechkeep.errors import UsageError
+
     out = Path(cfg.out)
     base = json.loads(base_path.read_text())
-    rows = read_manifest(base["data"]["train"])
+    train_manifest = Path(base["data"]["train"])
+    if not train_manifest.is_file():
+        raise UsageError(f"{base_path}: its training manifest {train_manifest} does not exist (relative paths are "
+                         "relative to the directory the align run was started from: run the ablation from there)")
+    corpus_dir = train_manifest.parent
+    build_info = json.loads((corpus_dir / "build_info.json").read_text())
+    ident = _identity(cfg, base)
+    ident_path = out / "ablation_identity.json"
+    if ident_path.is_file():
+        before = json.loads(ident_path.read_text())
+        if before != ident:
+            diff = ", ".join(k for k in ident if before.get(k) != ident[k])
+            raise UsageError(f"out {out}: its variants were made with another {diff} (see {ident_path}); choose a new "
+                             "out (a matched comparison needs the same corpus, recipe and steps)")
+    rows = read_manifest(train_manifest)
     out.mkdir(parents=True, exist_ok=True)
+    write_json(ident_path, ident)
+    todo = [v for v in VARIANTS if v in cfg.variants or (out / v / "summary.json").is_file()]  # finished ones stay in
     results = {}
-    for v in cfg.variants:
+    for v in todo:
         vdir = out / v
         model_dir = vdir / "model"
         summary = vdir / "summary.json"
         t0 = time.perf_counter()
-        if not (summary.is_file() and json.loads(summary.read_text()).get("steps", 0) >= cfg.steps):
-            vrows = variant_rows(rows, v)
+        if not (summary.is_file() and (model_dir / "speechkeep.json").is_file()
+                and json.loads(summary.read_text()).get("steps") == cfg.steps):
+            vrows = variant_rows(rows, v, corpus_dir, build_info)
             manifest = out / "manifests" / f"{v}.jsonl"  # outside the run directory (the engine reads, never writes, it)
-            if not manifest.is_file():
-                write_manifest(manifest, vrows)
+            write_manifest(manifest, vrows)
             tcfg = config_from_dict(TrainConfig, variant_config(base, v, vdir, manifest, cfg.steps))
             print(f"[ablation] {v}: {len(vrows)} utterances, {cfg.steps} steps -> {vdir}", flush=True)
             train(tcfg, progress=progress)
@@ -165,7 +210,8 @@ def _run_ablation(cfg: AblationConfig, base_path: Path, sets: dict[str, Path], p
     for r in results.values():
         for n in sets:
             r[n].pop("errors")
-    report = {"config": {k: getattr(cfg, k) for k in ("run", "measure", "out", "steps", "variants")}, "results": results}
+    report = {"config": {k: getattr(cfg, k) for k in ("run", "measure", "out", "steps", "variants")}, "identity": ident,
+              "results": results}
     write_json(out / "ablation.json", report)
     with atomic_path(out / "ABLATION.md") as tmp:
         tmp.write_text(render(report), encoding="utf-8")
@@ -189,4 +235,8 @@ def render(report: dict) -> str:
             cells.append(f"{100 * vs['difference']:+.1f} [{100 * vs['ci95'][0]:+.1f}, {100 * vs['ci95'][1]:+.1f}]" if vs else "-")
         lines.append(f"| {v} | {r['utterances']} | {r['ctc_vocab_size']} | {r['train_minutes']} | {r['final_loss']} | "
                      + " | ".join(cells) + " |")
+    lines += ["", "WER: corpus WER of the greedy CTC transcript after Whisper's English normalizer; 95% intervals by "
+              "bootstrap over utterances; 'vs full': the paired bootstrap interval of the difference (variant - full) on "
+              "the same utterances. Each variant is one training run (one seed): the intervals cover the test sample, "
+              "not training noise, and no correction is made for the several comparisons."]
     return "\n".join(lines) + "\n"

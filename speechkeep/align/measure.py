@@ -65,6 +65,15 @@ class MeasureConfig(Checked):
     """Write into an out directory that is not empty and not an earlier measurement's."""
 
 
+def adaptor_fingerprint(state: dict) -> str:
+    """A hash of an adaptor's weights (names sorted, floating tensors in float32, so an fp16 export of the same
+    weights is told apart from them only by the rounding): which adaptor a measure.json measured."""
+    from speechkeep.io import tensor_fingerprint
+
+    names = sorted(state)
+    return tensor_fingerprint([state[k].float() if state[k].is_floating_point() else state[k] for k in names])
+
+
 def _spoken(questions: str, out: Path, cfg: MeasureConfig, encoder: str) -> Path:
     from speechkeep.data.build import DataBuildConfig, build_dataset
 
@@ -118,6 +127,8 @@ def _measure(cfg: MeasureConfig) -> dict:
         sets["general"] = cfg.general
     res: dict = {"model": cfg.model, "voice": cfg.voice, "ctc_vocab_size": int(model.adaptor.ctc_vocab.numel()),
                  "ctc_emit": model.adaptor.config.ctc_emit,
+                 "adaptor_fingerprint": adaptor_fingerprint(model.adaptor.state_dict()),
+                 "options": {k: getattr(cfg, k) for k in ("questions", "general", "limit", "qa", "max_new_tokens", "whisper")},
                  "adaptor": {k: getattr(model.adaptor.config, k) for k in ("arch", "hidden_size", "stack_frames")}}
     rows_out = []
     for name, src in sets.items():

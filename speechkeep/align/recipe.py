@@ -113,8 +113,10 @@ def _check_align(cfg: AlignConfig) -> None:
     for t in cfg.corpus.texts:
         if not Path(t).is_file():
             raise UsageError(f"corpus.texts: {t}: no such text file (train.jsonl of `speechkeep data text`)")
-    if cfg.measurement and not Path(cfg.measurement).is_file():
-        raise UsageError(f"measurement: {cfg.measurement}: no such file (measure.json of benchmarks/measure_frontend.py)")
+    if cfg.measurement:
+        if not Path(cfg.measurement).is_file():
+            raise UsageError(f"measurement: {cfg.measurement}: no such file (measure.json of benchmarks/measure_frontend.py)")
+        read_measurement(cfg.measurement, Path(cfg.ctc.out or Path(cfg.out) / "ctc") / "model")
     if cfg.ctc.vocabulary and not Path(cfg.ctc.vocabulary).is_file():
         raise UsageError(f"ctc.vocabulary: {cfg.ctc.vocabulary}: no such vocabulary file (vocabulary.json of `speechkeep data text`)")
     resolve_llm_dir(cfg.ctc.model.llm)
@@ -215,26 +217,52 @@ def text_corpus_info(texts: list[str]) -> list[dict]:
 
 
 def read_measurement(path: str | Path, model_dir: Path) -> dict:
-    """measure.json of benchmarks/measure_frontend.py, checked to be a measurement of ``model_dir``."""
-    from speechkeep.errors import UsageError
+    """measure.json of benchmarks/measure_frontend.py, checked to be a measurement of the adaptor now in
+    ``model_dir`` (its weights' fingerprint) read the way the model reads (its ``ctc_emit``), and renderable."""
+    from safetensors.torch import load_file
 
-    res = json.loads(Path(path).read_text())
-    if "clean" not in res or "bars" not in res:
-        raise UsageError(f"measurement: {path}: not a measure.json of benchmarks/measure_frontend.py (no 'clean' or 'bars')")
-    if Path(res.get("model", "")).resolve() != Path(model_dir).resolve():
-        raise UsageError(f"measurement: {path} measured model {res.get('model')!r}, not this run's model {model_dir}")
+    from speechkeep.align.measure import adaptor_fingerprint, render
+    from speechkeep.errors import UsageError
+    from speechkeep.models.persistence import ADAPTOR_NAME, CONFIG_NAME
+
+    try:
+        res = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"measurement: {path}: not readable as JSON ({e})") from None
+    if not isinstance(res, dict) or "clean" not in res or "bars" not in res or "adaptor_fingerprint" not in res:
+        raise UsageError(f"measurement: {path}: not a measure.json of benchmarks/measure_frontend.py "
+                         "(no 'clean', 'bars' or 'adaptor_fingerprint')")
+    model_dir = Path(model_dir)
+    if not (model_dir / ADAPTOR_NAME).is_file():
+        raise UsageError(f"measurement: the run's model {model_dir} does not exist yet: run the align command without "
+                         "measurement=, measure its model, then run it again with measurement=")
+    if adaptor_fingerprint(load_file(str(model_dir / ADAPTOR_NAME))) != res["adaptor_fingerprint"]:
+        raise UsageError(f"measurement: {path} measured other adaptor weights than {model_dir}'s "
+                         f"(model {res.get('model')!r}); measure this run's model again")
+    emit = json.loads((model_dir / CONFIG_NAME).read_text()).get("adaptor", {}).get("ctc_emit", "soft")
+    if res.get("ctc_emit", "soft") != emit:
+        raise UsageError(f"measurement: {path} measured S2T with ctc_emit={res.get('ctc_emit')}, but the model reads "
+                         f"ctc_emit={emit}")
+    try:
+        render(res)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"measurement: {path}: incomplete measure.json ({type(e).__name__}: {e})") from None
     return res
 
 
 def _measurement_section(m: dict) -> str:
-    """The card's section of the issue-16 measurement (the table and bars of MEASURE.md)."""
+    """The card's section of the issue-16 measurement (the table and bars of MEASURE.md), saying what was measured."""
     from speechkeep.align.measure import render
 
+    opts = m.get("options") or {}
+    what = f"{m['clean']['n']:,} questions of `{opts.get('questions', 'webquestions:clean')}`"
+    if "general" in m:
+        what += f" and {m['general']['n']:,} texts of the general held-out set (`{Path(opts.get('general') or '').name}`)"
+    qa = ("; S2T and the cascade answer the same questions from the same audio (paired)"
+          if "s2t_accuracy" in m["clean"] else "; transcripts only (no QA)")
     body = render(m).split("\n", 2)[2]  # without MEASURE.md's title
-    return ("\n## Measured on the clean pool and general English (benchmarks/measure_frontend.py)\n\n"
-            "The 1,205 questions of WebQuestions `devtest` + `heldout` (no corpus contains them) and the general "
-            "held-out text set, both spoken by the unseen voice; S2T and the cascade on the same audio, paired.\n\n"
-            + body)
+    return ("\n## Measured on held-out questions and general English (benchmarks/measure_frontend.py)\n\n"
+            f"The {what}, spoken by the unseen voice `{m['voice']}`{qa}.\n\n" + body)
 
 
 def format_report(report: dict) -> str:
@@ -254,6 +282,7 @@ def format_report(report: dict) -> str:
 
 def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | Path) -> Path:
     """The aligned SpeechLLM as shipped: fp16 adaptor weights, config and CARD.md (atomic)."""
+    import torch
     from safetensors.torch import load_file, save_file
 
     from speechkeep.io import atomic_path
@@ -263,8 +292,14 @@ def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | 
     report = json.loads(Path(report_path).read_text())
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(model_dir / ADAPTOR_NAME)).items()}
     card = render_card(report, n_params=sum(v.numel() for v in state.values() if v.is_floating_point()))
-    if (to / "CARD.md").is_file():  # the front-end it replaces: its card (numbers and history) is kept below
-        card += history_section(to / "CARD.md", report)
+    if (to / "CARD.md").is_file():
+        old_state = load_file(str(to / ADAPTOR_NAME)) if (to / ADAPTOR_NAME).is_file() else {}
+        if old_state.keys() == state.keys() and all(torch.equal(old_state[k], state[k]) for k in state):
+            old = (to / "CARD.md").read_text(encoding="utf-8")  # the same front-end exported again (e.g. with its
+            i = old.find("\n## History\n")                      # measurement): its history is kept, not itself
+            card += old[i:] if i >= 0 else ""
+        else:  # the front-end it replaces: its card (numbers and history) is kept below
+            card += history_section(to / "CARD.md", report)
     with atomic_path(to, own_names=(CONFIG_NAME, ADAPTOR_NAME, "CARD.md", "report.json")) as tmp:
         tmp.mkdir(parents=True)
         (tmp / CONFIG_NAME).write_text((model_dir / CONFIG_NAME).read_text())
@@ -332,7 +367,8 @@ def render_card(report: dict, n_params: int) -> str:
     sources_note = ""
     for tc in report.get("text_corpora") or []:
         if tc.get("sources"):
-            sources_note += (f"\n- General texts `{Path(tc['file']).name}` (`{tc.get('command', '')}`), by source: "
+            sources_note += (f"\n- General texts `{Path(tc['file']).name}` (`{tc.get('command', '')}`), texts in the file by source "
+                             "(the spoken ones are a sample of them): "
                              + "; ".join(f"`{k}` {tc.get('train_by_source', {}).get(k, 0):,} ({v.get('license', 'license not recorded')})"
                                          for k, v in tc["sources"].items()) + ".")
     masks = (f" SpecAugment masking on the features: {cfg['time_masks']} time masks of up to {cfg['time_mask_frames']} frames, "
