@@ -171,7 +171,7 @@ def test_card_shows_text_sources_licenses_and_the_measurement(tmp_path):
     def saved(d, w, emit="soft"):
         d.mkdir(parents=True)
         save_file({"proj.weight": w, "ctc_vocab": torch.arange(3)}, str(d / "adaptor.safetensors"))
-        (d / "speechkeep.json").write_text(json.dumps({"adaptor": {"ctc_emit": emit}}))
+        (d / "speechkeep.json").write_text(json.dumps({"llm_format": "reference", "config": {"adaptor": {"ctc_emit": emit}}}))
         return d
 
     w = torch.randn(4, 3)

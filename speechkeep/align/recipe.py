@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from speechkeep.config import Checked, ranged
 from speechkeep.align.corpus import AlignCorpusConfig
@@ -53,7 +54,10 @@ class AlignConfig(Checked):
     cascade and the CTC WER on the 1,205 clean WebQuestions questions, the WER on the general held-out set, the bars)
     go into report.json and the exported card."""
     export_to: str | None = None
-    """Also write the shippable checkpoint (fp16 adaptor, config, CARD.md) to this directory."""
+    """Also write the shippable checkpoint (adaptor, config, CARD.md) to this directory."""
+    export_storage: Literal["fp16", "int8"] = "fp16"
+    """How the exported adaptor is stored: fp16, or int8 with a scale per row (matrices; half the size of fp16),
+    see speechkeep.models.weight_storage."""
     command: str | None = None
     """The command line recorded on the card (default: this process's own)."""
     overwrite: bool = False
@@ -116,7 +120,7 @@ def _check_align(cfg: AlignConfig) -> None:
     if cfg.measurement:
         if not Path(cfg.measurement).is_file():
             raise UsageError(f"measurement: {cfg.measurement}: no such file (measure.json of benchmarks/measure_frontend.py)")
-        read_measurement(cfg.measurement, Path(cfg.ctc.out or Path(cfg.out) / "ctc") / "model")
+        read_measurement(cfg.measurement, Path(cfg.ctc.out or Path(cfg.out) / "ctc") / "model", cfg.export_storage)
     if cfg.ctc.vocabulary and not Path(cfg.ctc.vocabulary).is_file():
         raise UsageError(f"ctc.vocabulary: {cfg.ctc.vocabulary}: no such vocabulary file (vocabulary.json of `speechkeep data text`)")
     resolve_llm_dir(cfg.ctc.model.llm)
@@ -182,10 +186,10 @@ def _run_align(cfg: AlignConfig, progress: bool = True) -> dict:
     report["ctc_curve"] = wer_curve(Path(cfg.ctc.out) / "metrics.csv")
     report["text_corpora"] = text_corpus_info(cfg.corpus.texts)
     if cfg.measurement:
-        report["measurement"] = read_measurement(cfg.measurement, model_dir)
+        report["measurement"] = read_measurement(cfg.measurement, model_dir, cfg.export_storage)
     write_json(Path(cfg.out) / "report.json", report)
     if cfg.export_to:
-        export_checkpoint(model_dir, Path(cfg.out) / "report.json", cfg.export_to)
+        export_checkpoint(model_dir, Path(cfg.out) / "report.json", cfg.export_to, cfg.export_storage)
         print(f"[align] exported the aligned front-end to {cfg.export_to}", flush=True)
     print(format_report(report), flush=True)
     return report
@@ -216,11 +220,10 @@ def text_corpus_info(texts: list[str]) -> list[dict]:
     return out
 
 
-def read_measurement(path: str | Path, model_dir: Path) -> dict:
+def read_measurement(path: str | Path, model_dir: Path, storage: str = "fp16") -> dict:
     """measure.json of benchmarks/measure_frontend.py, checked to be a measurement of the adaptor now in
-    ``model_dir`` (its weights' fingerprint) read the way the model reads (its ``ctc_emit``), and renderable."""
-    from safetensors.torch import load_file
-
+    ``model_dir`` (its weights' fingerprint), either as trained or as shipped (stored as ``storage`` and loaded
+    back: ``measured_weights`` says which), read the way the model reads (its ``ctc_emit``), and renderable."""
     from speechkeep.align.measure import adaptor_fingerprint, render
     from speechkeep.errors import UsageError
     from speechkeep.models.persistence import ADAPTOR_NAME, CONFIG_NAME
@@ -236,10 +239,17 @@ def read_measurement(path: str | Path, model_dir: Path) -> dict:
     if not (model_dir / ADAPTOR_NAME).is_file():
         raise UsageError(f"measurement: the run's model {model_dir} does not exist yet: run the align command without "
                          "measurement=, measure its model, then run it again with measurement=")
-    if adaptor_fingerprint(load_file(str(model_dir / ADAPTOR_NAME))) != res["adaptor_fingerprint"]:
-        raise UsageError(f"measurement: {path} measured other adaptor weights than {model_dir}'s "
-                         f"(model {res.get('model')!r}); measure this run's model again")
-    emit = json.loads((model_dir / CONFIG_NAME).read_text()).get("adaptor", {}).get("ctc_emit", "soft")
+    from speechkeep.models.weight_storage import load_adaptor_state, round_trip
+
+    state = load_adaptor_state(model_dir / ADAPTOR_NAME)
+    if adaptor_fingerprint(state) == res["adaptor_fingerprint"]:
+        res["measured_weights"] = "trained"
+    elif adaptor_fingerprint(round_trip(state, storage)) == res["adaptor_fingerprint"]:
+        res["measured_weights"] = "shipped"
+    else:
+        raise UsageError(f"measurement: {path} measured other adaptor weights than {model_dir}'s, trained or stored "
+                         f"{storage} (model {res.get('model')!r}); measure this run's model (or its export) again")
+    emit = json.loads((model_dir / CONFIG_NAME).read_text())["config"]["adaptor"].get("ctc_emit", "soft")
     if res.get("ctc_emit", "soft") != emit:
         raise UsageError(f"measurement: {path} measured S2T with ctc_emit={res.get('ctc_emit')}, but the model reads "
                          f"ctc_emit={emit}")
@@ -262,7 +272,10 @@ def _measurement_section(m: dict) -> str:
           if "s2t_accuracy" in m["clean"] else "; transcripts only (no QA)")
     body = render(m).split("\n", 2)[2]  # without MEASURE.md's title
     return ("\n## Measured on held-out questions and general English (benchmarks/measure_frontend.py)\n\n"
-            f"The {what}, spoken by the unseen voice `{m['voice']}`{qa}.\n\n" + body)
+            f"The {what}, spoken by the unseen voice `{m['voice']}`{qa}. Measured on "
+            + ("the shipped weights (this directory's)" if m.get("measured_weights") == "shipped" else
+               "the trained weights (float32; the shipped ones are their rounding to the storage above)")
+            + ".\n\n" + body)
 
 
 def format_report(report: dict) -> str:
@@ -280,8 +293,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | Path) -> Path:
-    """The aligned SpeechLLM as shipped: fp16 adaptor weights, config and CARD.md (atomic)."""
+def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | Path, storage: str = "fp16") -> Path:
+    """The aligned SpeechLLM as shipped: the adaptor weights stored as ``storage`` (fp16, or int8 per row:
+    :mod:`speechkeep.models.weight_storage`), config and CARD.md (atomic)."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -290,8 +304,12 @@ def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | 
 
     model_dir, to = Path(model_dir), Path(to)
     report = json.loads(Path(report_path).read_text())
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(model_dir / ADAPTOR_NAME)).items()}
-    card = render_card(report, n_params=sum(v.numel() for v in state.values() if v.is_floating_point()))
+    from speechkeep.models.weight_storage import encode, load_adaptor_state
+
+    trained = load_adaptor_state(model_dir / ADAPTOR_NAME)
+    state, metadata = encode(trained, storage)
+    report = {**report, "storage": storage}
+    card = render_card(report, n_params=sum(v.numel() for v in trained.values() if v.is_floating_point()))
     if (to / "CARD.md").is_file():
         old_state = load_file(str(to / ADAPTOR_NAME)) if (to / ADAPTOR_NAME).is_file() else {}
         if old_state.keys() == state.keys() and all(torch.equal(old_state[k], state[k]) for k in state):
@@ -303,7 +321,7 @@ def export_checkpoint(model_dir: str | Path, report_path: str | Path, to: str | 
     with atomic_path(to, own_names=(CONFIG_NAME, ADAPTOR_NAME, "CARD.md", "report.json")) as tmp:
         tmp.mkdir(parents=True)
         (tmp / CONFIG_NAME).write_text((model_dir / CONFIG_NAME).read_text())
-        save_file(state, str(tmp / ADAPTOR_NAME), metadata={"dtype": "float16"})
+        save_file(state, str(tmp / ADAPTOR_NAME), metadata=metadata)
         (tmp / "CARD.md").write_text(card)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return to
@@ -378,6 +396,8 @@ def render_card(report: dict, n_params: int) -> str:
     arch_note = ("Linear -> ReLU (hidden {h}) -> Linear -> LLM width".format(h=ad['hidden_size']) if arch == "mlp" else
                  f"Linear -> {ad['layers']}-layer {arch} (width {ad['hidden_size']}, {ad['heads']} heads, feed-forward "
                  f"{ad['ffn_size']}, convolution width {ad['conv_kernel']}) -> Linear -> LLM width")
+    storage_note = ("int8 with one float32 scale per row for the matrices, fp16 for the rest"
+                    if report.get("storage") == "int8" else "fp16")
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     rows = []
     if "asr" in ev:
@@ -401,7 +421,7 @@ The adaptor of a speechkeep SpeechLLM (frozen speech encoder {enc} -> adaptor ->
 - Adaptor: {ad['stack_frames']} stacked {enc} frames -> {arch_note}, then
   CTC onto the LLM's own vocabulary: logits = output x the frozen token embeddings of {vocab_note} + a learned blank. The LLM reads one input per token of the
   greedy CTC path: the posterior-weighted average of the token embeddings (`ctc_emit={ad['ctc_emit']}`).
-- {n_params:,} parameters, stored in fp16 (`adaptor.safetensors`). The LLM and the encoder are not
+- {n_params:,} parameters, stored in {storage_note} (`adaptor.safetensors`). The LLM and the encoder are not
   stored: they are referenced by spec (`{llm}`, `{enc}`) in `speechkeep.json`.
 
 ## How it was made

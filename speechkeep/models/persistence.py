@@ -139,7 +139,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
         raise DataError(f"{path / CONFIG_NAME}: not a valid speechkeep model config ({e})") from None
     llm_format = meta["llm_format"]
     llm_spec = str(path / "llm") if llm_format == "full" else config.llm
-    adaptor_state = read_safetensors(path / ADAPTOR_NAME, "adaptor weights")
+    from speechkeep.models.weight_storage import load_adaptor_state
+
+    adaptor_state = load_adaptor_state(path / ADAPTOR_NAME)  # fp32/fp16 as saved, or a shipped int8 file decoded
     loaded = load_llm(llm_spec, dtype=dtype, device=device)
     llm = loaded.model
     if llm_format == "peft":
