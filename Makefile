@@ -32,7 +32,7 @@ browser:
 	  else echo "make browser: not root and no password-less sudo: the browser test will be skipped (apt-get install chromium)"; fi; }
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not real"
