@@ -24,7 +24,7 @@ MIN_QUANTIZED_ELEMENTS = 4096
 """Matrices smaller than this stay fp16 (their size does not matter; their precision might)."""
 
 
-def _quantized(name: str, t: torch.Tensor) -> bool:
+def _quantized(t: torch.Tensor) -> bool:
     return t.is_floating_point() and t.dim() == 2 and t.numel() >= MIN_QUANTIZED_ELEMENTS
 
 
@@ -35,7 +35,7 @@ def encode(state: dict[str, torch.Tensor], storage: Storage) -> tuple[dict[str, 
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():
         v = v.detach().cpu()
-        if storage == "int8" and _quantized(k, v):
+        if storage == "int8" and _quantized(v):
             w = v.float()
             scale = (w.abs().amax(dim=1, keepdim=True) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
             out[k] = torch.round(w / scale).clamp(-127, 127).to(torch.int8).contiguous()
